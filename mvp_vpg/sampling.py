@@ -14,15 +14,31 @@ from .var import VAR, Prompt
 from .vqvae import VQVAE
 
 # %% auto #0
-__all__ = ['Guidance', 'NoGuidance', 'CFG', 'filter_logits_', 'draw_tokens', 'gumbel_soft', 'resolve_labels', 'precision',
-           'SampleOutput', 'sample']
+__all__ = ['StepContext', 'Guidance', 'NoGuidance', 'CFG', 'filter_logits_', 'draw_tokens', 'gumbel_soft', 'resolve_labels',
+           'precision', 'SampleOutput', 'sample']
 
 # %% ../nbs/02_sampling.ipynb #91710123
+@dataclass
+class StepContext:
+    si: int
+    K: int
+    B: int
+    feats: list
+    lvl_pos: torch.Tensor
+    offsets: list
+    rng: torch.Generator | None
+    cond_BD: torch.Tensor | None = None
+    skip: int = 0      # leading positions (prefix-prompt tokens) that get no logits
+
 class Guidance:
-    "Base rule: one branch, logits unchanged. Subclasses override `labels` and `combine`."
+    "Base rule: one branch, logits unchanged. Subclasses override `labels` and `combine` (or `step`)."
     n_branches = 1
     def labels(self, label_B, null_class: int): return label_B
     def combine(self, logits, si: int, K: int): return logits
+    def cache_extra(self) -> int: return 0
+    def step(self, var: VAR, x, cond, cache, ctx: StepContext):
+        "x: (n_branches·B, l, C) inputs of scale ctx.si -> guided logits (B, l, V) in fp32."
+        return self.combine(var.step(x, cond, cache, skip=ctx.skip).float(), ctx.si, ctx.K)
 
 class NoGuidance(Guidance): pass
 
@@ -118,17 +134,16 @@ def sample(var: VAR, vae: VQVAE, labels=None, B: int | None = None, *, guidance:
     with precision(mode, dev):
         cond = var.class_emb(g.labels(label_B, var.num_classes))
         lvl_pos = var.lvl_pos()
-        x = var.embed_start(cond, lvl_pos)
-        cache = var.new_cache(extra_len=P)
+        cache = var.new_cache(extra_len=P + g.cache_extra())
         f_hat = torch.zeros(B, var.Cvae, pns[-1], pns[-1], device=dev)
-        tokens = []
+        ctx = StepContext(0, K, B, [None], lvl_pos, [None] * K, rng, cond)
+        if prompt is not None: ctx.offsets = [prompt.offset(si) for si in range(K)]
+        x, tokens = var.embed_start(cond, lvl_pos), []
         for si, pn in enumerate(pns):
-            if prompt is not None:
-                off = prompt.offset(si)
-                if off is not None: x = x + off
-                if si == 0 and P: x = torch.cat((prompt.prefix_tokens(cond).to(x.dtype), x), 1)
-            logits = var.step(x, cond, cache)[:, P if si == 0 else 0:]
-            logits = g.combine(logits.float(), si, K)
+            ctx.si, ctx.skip = si, (P if si == 0 else 0)
+            if ctx.offsets[si] is not None: x = x + ctx.offsets[si]
+            if si == 0 and P: x = torch.cat((prompt.prefix_tokens(cond).to(x.dtype), x), 1)
+            logits = g.step(var, x, cond, cache, ctx)
             if mode == 'reference' and not torch.isfinite(logits).any(-1).all():
                 raise FloatingPointError(f"no finite logits at scale {si}: NaN/inf in the model output (check the checkpoint and dtype)")
             filter_logits_(logits, top_k, top_p)
@@ -141,7 +156,9 @@ def sample(var: VAR, vae: VQVAE, labels=None, B: int | None = None, *, guidance:
                 h = q.embedding(idx)
             f_hat, nxt = q.next_input(si, f_hat, h.transpose(1, 2).reshape(B, var.Cvae, pn, pn))
             if si != K - 1:
-                x = var.embed_next(si + 1, nxt.view(B, var.Cvae, -1).transpose(1, 2), lvl_pos).repeat(g.n_branches, 1, 1)
+                feat = nxt.view(B, var.Cvae, -1).transpose(1, 2)
+                ctx.feats.append(feat)
+                x = var.embed_next(si + 1, feat, lvl_pos).repeat(g.n_branches, 1, 1)
         images = vae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
     if not torch.isfinite(images).all(): raise FloatingPointError("sampled images contain NaN/inf")
     return SampleOutput(images, tokens, label_B)

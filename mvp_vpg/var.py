@@ -230,9 +230,9 @@ class VAR(nn.Module):
         if cache is not None: cache.advance()
         return x
 
-    def step(self, x, cond_BD, cache: KVCache):
-        "One KV-cached scale: token map embeddings (B, l, C) -> logits (B, l, V). Coarser scales come from `cache`."
-        return self.get_logits(self._blocks(x, cond_BD, None, cache), cond_BD)
+    def step(self, x, cond_BD, cache: KVCache, skip: int = 0):
+        "One KV-cached scale: token map embeddings (B, l, C) -> logits (B, l - skip, V). Coarser scales come from `cache`."
+        return self.get_logits(self._blocks(x, cond_BD, None, cache)[:, skip:], cond_BD)
 
     def new_cache(self, extra_len=0): return KVCache(len(self.blocks), self.L + extra_len)
 
