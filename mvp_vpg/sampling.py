@@ -28,7 +28,9 @@ class StepContext:
     offsets: list
     rng: torch.Generator | None
     cond_BD: torch.Tensor | None = None
-    skip: int = 0      # leading positions (prefix-prompt tokens) that get no logits
+    skip: int = 0      # leading positions (prefix-prompt tokens) that get no logits at this step
+    n_prefix: int = 0  # prefix-prompt tokens in front of the sequence
+    var: object = None  # the model being sampled
 
 class Guidance:
     "Base rule: one branch, logits unchanged. Subclasses override `labels` and `combine` (or `step`)."
@@ -36,6 +38,12 @@ class Guidance:
     def labels(self, label_B, null_class: int): return label_B
     def combine(self, logits, si: int, K: int): return logits
     def cache_extra(self) -> int: return 0
+    def bind(self, K: int):
+        "Called by the sampler before anything else with the model's number of scales."
+        return self
+    def expand(self, x_B, si: int, ctx: StepContext):
+        "Inputs of scale `si` for every branch from the genuine inputs (B, l, C)."
+        return x_B.repeat(self.n_branches, 1, 1)
     def step(self, var: VAR, x, cond, cache, ctx: StepContext):
         "x: (n_branches·B, l, C) inputs of scale ctx.si -> guided logits (B, l, V) in fp32."
         return self.combine(var.step(x, cond, cache, skip=ctx.skip).float(), ctx.si, ctx.K)
@@ -131,12 +139,13 @@ def sample(var: VAR, vae: VQVAE, labels=None, B: int | None = None, *, guidance:
     B, K, pns, q = len(label_B), var.K, var.patch_nums, vae.quantize
     g = CFG(1.5) if guidance is None else guidance
     P = 0 if prompt is None else prompt.n_prefix()
+    g.bind(K)
     with precision(mode, dev):
         cond = var.class_emb(g.labels(label_B, var.num_classes))
         lvl_pos = var.lvl_pos()
         cache = var.new_cache(extra_len=P + g.cache_extra())
         f_hat = torch.zeros(B, var.Cvae, pns[-1], pns[-1], device=dev)
-        ctx = StepContext(0, K, B, [None], lvl_pos, [None] * K, rng, cond)
+        ctx = StepContext(0, K, B, [None], lvl_pos, [None] * K, rng, cond, n_prefix=P, var=var)
         if prompt is not None: ctx.offsets = [prompt.offset(si) for si in range(K)]
         x, tokens = var.embed_start(cond, lvl_pos), []
         for si, pn in enumerate(pns):
@@ -158,7 +167,7 @@ def sample(var: VAR, vae: VQVAE, labels=None, B: int | None = None, *, guidance:
             if si != K - 1:
                 feat = nxt.view(B, var.Cvae, -1).transpose(1, 2)
                 ctx.feats.append(feat)
-                x = var.embed_next(si + 1, feat, lvl_pos).repeat(g.n_branches, 1, 1)
+                x = g.expand(var.embed_next(si + 1, feat, lvl_pos), si + 1, ctx)
         images = vae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
     if not torch.isfinite(images).all(): raise FloatingPointError("sampled images contain NaN/inf")
     return SampleOutput(images, tokens, label_B)

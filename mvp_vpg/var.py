@@ -72,6 +72,11 @@ class KVCache:
         "Called once per model step, after every layer wrote."
         self.len += self._pending; self._pending = 0
 
+    def keep_rows(self, n: int):
+        "Keep only the first `n` batch rows from now on (a guidance branch that is no longer needed)."
+        self.k = [t[:n] if t is not None else None for t in self.k]
+        self.v = [t[:n] if t is not None else None for t in self.v]
+
 # %% ../nbs/01_var.ipynb #89d89802
 class SelfAttention(nn.Module):
     def __init__(self, C, H, l2_norm=True):
@@ -233,6 +238,13 @@ class VAR(nn.Module):
     def step(self, x, cond_BD, cache: KVCache, skip: int = 0):
         "One KV-cached scale: token map embeddings (B, l, C) -> logits (B, l - skip, V). Coarser scales come from `cache`."
         return self.get_logits(self._blocks(x, cond_BD, None, cache)[:, skip:], cond_BD)
+
+    def forward_embedded(self, x, cond_BD, n_prefix: int = 0):
+        "Block-causal forward from ready input embeddings (B, n_prefix + l, C) of the first scales -> logits (B, l, V)."
+        L = x.shape[1] - n_prefix
+        lvl = torch.cat((self.lvl_1L.new_zeros(1, n_prefix), self.lvl_1L[:, :L]), 1)
+        bias = torch.where(lvl.view(1, 1, -1, 1) >= lvl.view(1, 1, 1, -1), 0.0, -torch.inf).to(x.dtype)
+        return self.get_logits(self._blocks(x, cond_BD, bias)[:, n_prefix:], cond_BD)
 
     def new_cache(self, extra_len=0): return KVCache(len(self.blocks), self.L + extra_len)
 
