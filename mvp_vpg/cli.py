@@ -1,4 +1,4 @@
-"""`mvp-vpg sample`: class-conditional samples from VAR checkpoints into numbered PNGs and a grid.
+"""`mvp-vpg sample`: class-conditional samples from VAR checkpoints (optionally with VPG) into numbered PNGs and a grid.
 
 Docs: https://mvp-vpg.github.io/mvp_vpg/cli.html.md"""
 
@@ -12,10 +12,11 @@ import torch
 from tqdm.auto import tqdm
 from .checkpoints import load_var, load_vqvae
 from .sampling import sample, CFG
+from .vpg import VPG, VARIANTS, REDRAWS
 from .images import to_uint8, save_png, save_grid
 
 # %% auto #0
-__all__ = ['pick_device', 'run_sample', 'main']
+__all__ = ['pick_device', 'parse_schedule', 'make_guidance', 'run_sample', 'main']
 
 # %% ../nbs/05_cli.ipynb #33ea09d1
 def pick_device(name: str = 'auto') -> torch.device:
@@ -40,12 +41,31 @@ def _parser():
     s.add_argument('--top-k', type=int, default=900)
     s.add_argument('--top-p', type=float, default=0.96)
     s.add_argument('--more-smooth', action='store_true', help='Gumbel-smoothed token maps (visualisation only)')
+    s.add_argument('--vpg-lambda', type=float, default=0.0, help='VPG strength (0 = off)')
+    s.add_argument('--vpg-p', type=float, default=0.5, help='fraction of prefix sites corrupted')
+    s.add_argument('--vpg-variant', choices=VARIANTS, default='full_embedding')
+    s.add_argument('--vpg-redraw', choices=REDRAWS, default='per_scale')
+    s.add_argument('--vpg-schedule', default='all', help="'all', n (first n scales) or a list like 1,2,3")
     s.add_argument('--seed', type=int, default=0)
     s.add_argument('--mode', choices=['reference', 'fast'], default='fast')
     s.add_argument('--device', default='auto')
     s.add_argument('--grid-cols', type=int, default=None)
     s.add_argument('--out', required=True, type=Path)
     return p
+
+def parse_schedule(text: str):
+    "'all' | 'n' | 'i,j,k' -> a VPG schedule."
+    text = text.strip()
+    if text == 'all': return 'all'
+    try: return int(text) if ',' not in text else [int(t) for t in text.split(',') if t.strip()]
+    except ValueError: raise ValueError(f"--vpg-schedule must be 'all', a number or a comma-separated list of scale indices, got {text!r}") from None
+
+def make_guidance(a, vae=None):
+    "CFG, wrapped in VPG when --vpg-lambda is non-zero."
+    g = CFG(a.cfg, a.cfg_ramp)
+    if a.vpg_lambda == 0: return g
+    cb = vae.quantize.embedding.weight if (vae is not None and a.vpg_variant == 'codebook') else None
+    return VPG(a.vpg_lambda, a.vpg_p, a.vpg_variant, a.vpg_redraw, parse_schedule(a.vpg_schedule), base=g, codebook=cb)
 
 def run_sample(a) -> Path:
     "Sample every requested class `n_per_class` times; write PNGs, the grid and samples.json. Returns the out folder."
@@ -57,12 +77,13 @@ def run_sample(a) -> Path:
     classes = list(range(var.num_classes)) if a.classes is None else a.classes
     bad = [c for c in classes if not 0 <= c < var.num_classes]
     if bad: raise ValueError(f"--classes {bad} outside [0, {var.num_classes - 1}] for this checkpoint")
+    make_guidance(a, vae)  # validate the guidance options before any work
     labels = torch.tensor([c for c in classes for _ in range(a.n_per_class)])
     out = Path(a.out); (out / 'images').mkdir(parents=True, exist_ok=True)
     records, firsts = [], []
     batches = labels.split(a.batch_size)
     for b, lab in enumerate(tqdm(batches, desc='sampling', unit='batch')):
-        res = sample(var, vae, lab.to(dev), guidance=CFG(a.cfg, a.cfg_ramp), top_k=a.top_k, top_p=a.top_p,
+        res = sample(var, vae, lab.to(dev), guidance=make_guidance(a, vae), top_k=a.top_k, top_p=a.top_p,
                      more_smooth=a.more_smooth, seed=a.seed + b, mode=a.mode)
         for j, arr in enumerate(to_uint8(res.images)):
             i = b * a.batch_size + j
