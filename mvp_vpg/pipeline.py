@@ -16,12 +16,13 @@ from . import shapes
 from .checkpoints import load_pretrained, load_var, load_vqvae
 from .images import to_uint8, save_png
 from .sampling import sample, CFG
+from .vpg import VPG
 
 # %% auto #0
 __all__ = ['HOW_TO_GET', 'STAGES', 'MissingAsset', 'load_params', 'active_profile', 'require_path', 'is_toy', 'write_json',
            'stage_data', 'load_split', 'caption_record', 'stage_captions', 'caption_folder_blip2', 'file_hash',
-           'base_model_paths', 'load_base_models', 'sample_to_folder', 'stage_sample', 'mean_std', 'aggregate',
-           'stage_evaluate', 'main']
+           'base_model_paths', 'load_base_models', 'sample_to_folder', 'variant_spec', 'guidance_from_spec',
+           'stage_sample', 'sweep_name', 'stage_sample_sweep', 'mean_std', 'aggregate', 'stage_evaluate', 'main']
 
 # %% ../nbs/20_pipeline.ipynb #10c7bab8
 class MissingAsset(FileNotFoundError):
@@ -168,20 +169,46 @@ def sample_to_folder(var, vae, out, n_per_class, seed, batch_size=100, guidance=
         for arr, name in zip(to_uint8(res.images), names[b:b + batch_size]): save_png(arr, name)
     return out
 
-def stage_sample(params, variant='base', out_root='outputs/samples'):
-    "Sample the base model for every seed in `sample.seeds`; a manifest per variant."
+def variant_spec(params, variant: str) -> dict:
+    "Sampler settings of a variant: `sample` defaults overridden by `variants.<name>` (or a sweep point)."
+    variants = params.get('variants', {})
+    if variant not in variants: raise ValueError(f"variant {variant!r} is not defined under `variants:` in params.yaml (have {sorted(variants)})")
+    spec = {k: params['sample'][k] for k in ('cfg', 'top_k', 'top_p', 'mode')}
+    spec.update(variants[variant] or {})
+    return spec
+
+def guidance_from_spec(spec: dict, vae=None):
+    "CFG(spec.cfg), wrapped in VPG when spec has a non-zero `vpg_lambda`."
+    g = CFG(spec['cfg'])
+    lam = spec.get('vpg_lambda', 0)
+    if not lam: return g
+    variant = spec.get('vpg_variant', 'full_embedding')
+    return VPG(lam, spec.get('vpg_p', 0.5), variant, spec.get('vpg_redraw', 'per_scale'), spec.get('vpg_schedule', 'all'),
+               base=g, codebook=vae.quantize.embedding.weight if variant == 'codebook' else None)
+
+def stage_sample(params, variant='base', out_root='outputs/samples', spec: dict | None = None):
+    "Sample a variant for every seed in `sample.seeds` into `out_root/<variant>/seed<s>/`, with a manifest."
     s = params['sample']
+    spec = variant_spec(params, variant) if spec is None else spec
     dev = 'cuda' if torch.cuda.is_available() else 'cpu'
     var, vae = load_base_models(params, dev)
     var_p, vae_p = base_model_paths(params)
-    g = CFG(s['cfg'])
+    g = guidance_from_spec(spec, vae)
     for seed in s['seeds']:
         sample_to_folder(var, vae, Path(out_root) / variant / f'seed{seed}', s['n_per_class'], seed, s['batch_size'],
-                         g, s['top_k'], s['top_p'], s['mode'], desc=f'{variant} seed {seed}')
+                         g, spec['top_k'], spec['top_p'], spec['mode'], desc=f'{variant} seed {seed}')
     write_json({'variant': variant, 'var': str(var_p), 'var_sha256': file_hash(var_p), 'vae': str(vae_p),
-                'vae_sha256': file_hash(vae_p), 'sampler': {k: s[k] for k in ('cfg', 'top_k', 'top_p', 'mode', 'n_per_class', 'batch_size')},
-                'seeds': s['seeds'], 'seed_rule': 'generator seed = seed*1000003 + batch index', 'classes': var.num_classes},
-               Path(out_root) / variant / 'manifest.json')
+                'vae_sha256': file_hash(vae_p), 'sampler': {**spec, 'n_per_class': s['n_per_class'], 'batch_size': s['batch_size']},
+                'guidance': repr(g), 'seeds': s['seeds'], 'seed_rule': 'generator seed = seed*1000003 + batch index',
+                'classes': var.num_classes}, Path(out_root) / variant / 'manifest.json')
+
+def sweep_name(lam, p) -> str: return f"vpg_sweep_lam{lam}_p{p}"
+
+def stage_sample_sweep(params, lam: float, p: float):
+    "One point of the VPG λ × p sweep: `vpg_sweep.spec` with vpg_lambda=lam, vpg_p=p."
+    spec = {k: params['sample'][k] for k in ('cfg', 'top_k', 'top_p', 'mode')}
+    spec.update(params['vpg_sweep'].get('spec', {}), vpg_lambda=lam, vpg_p=p)
+    stage_sample(params, sweep_name(lam, p), spec=spec)
 
 # %% ../nbs/20_pipeline.ipynb #287942be
 def mean_std(values) -> dict:
@@ -193,32 +220,44 @@ def aggregate(per_seed: list[dict]) -> dict:
     return {k: mean_std([m[k] for m in per_seed]) for k in per_seed[0]}
 
 def stage_evaluate(params, variant='base', samples_root='outputs/samples', ref_dir='data/shapes/test_png', out='metrics'):
+    "Metrics of one sampled variant (per seed, then mean ± std) into `metrics/<variant>.json`."
     from mvp_vpg import scorer
     s = params['sample']
-    if is_toy(params):
-        folder = Path(active_profile(params)[1].get('checkpoints', 'data/toy')) / 'scorer'
-        per_seed = []
-        for seed in s['seeds']:
-            gen = Path(samples_root) / variant / f'seed{seed}'
-            m = scorer.fidelity_metrics(gen, ref_dir, folder)
-            m['class_accuracy'] = scorer.class_accuracy_of_folder(gen, folder, n_per_class=s['n_per_class'])
-            per_seed.append(m)
-    else:
-        raise MissingAsset("real-profile evaluation uses the ADM suite / Inception weights: see the evaluate stages of the evaluation issue")
-    res = {'variant': variant, 'n_per_seed': len(list((Path(samples_root) / variant / f"seed{s['seeds'][0]}").glob('*.png'))),
+    if not is_toy(params):
+        raise MissingAsset("real-profile FID needs the Inception weights / ADM suite: set profiles.<name>.inception (evaluation stages)")
+    folder = Path(active_profile(params)[1].get('checkpoints', 'data/toy')) / 'scorer'
+    per_seed = []
+    for seed in s['seeds']:
+        gen = Path(samples_root) / variant / f'seed{seed}'
+        m = scorer.fidelity_metrics(gen, ref_dir, folder)
+        m['class_accuracy'] = scorer.class_accuracy_of_folder(gen, folder, n_per_class=s['n_per_class'])
+        per_seed.append(m)
+    manifest = json.loads((Path(samples_root) / variant / 'manifest.json').read_text())
+    res = {'variant': variant, 'sampler': manifest['sampler'], 'guidance': manifest['guidance'],
+           'n_per_seed': len(list((Path(samples_root) / variant / f"seed{s['seeds'][0]}").glob('*.png'))),
            'seeds': s['seeds'], 'feature_extractor': 'shapes-net (toy)', 'metrics': aggregate(per_seed)}
     write_json(res, Path(out) / f'{variant}.json')
     return res
 
 # %% ../nbs/20_pipeline.ipynb #32f7cf42
-STAGES = {'data': stage_data, 'captions': stage_captions, 'sample': stage_sample, 'evaluate': stage_evaluate}
+STAGES = {'data': stage_data, 'captions': stage_captions, 'sample': stage_sample, 'evaluate': stage_evaluate,
+          'sample_sweep': stage_sample_sweep}
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog='python -m mvp_vpg.pipeline', description='run one pipeline stage')
     p.add_argument('stage', choices=sorted(STAGES))
     p.add_argument('--params', default='params.yaml')
+    p.add_argument('--variant', default=None, help='sample/evaluate: the variant under `variants:` (default base)')
+    p.add_argument('--lam', type=float, default=None, help='sample_sweep: VPG lambda')
+    p.add_argument('--p', type=float, default=None, help='sample_sweep: corruption fraction')
     a = p.parse_args(argv)
-    try: STAGES[a.stage](load_params(a.params))
+    params = load_params(a.params)
+    kw = {}
+    if a.stage in ('sample', 'evaluate') and a.variant: kw['variant'] = a.variant
+    if a.stage == 'sample_sweep':
+        if a.lam is None or a.p is None: p.error('sample_sweep needs --lam and --p')
+        kw = {'lam': a.lam, 'p': a.p}
+    try: STAGES[a.stage](params, **kw)
     except (MissingAsset, FileNotFoundError, ValueError) as e:
         sys.exit(f"stage {a.stage}: {e}")
 
