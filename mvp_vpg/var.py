@@ -227,7 +227,9 @@ class VAR(nn.Module):
         return self.word_embed(x_BlCv) + lvl_pos[:, b:e]
 
     def get_logits(self, h, cond_BD):
-        return self.head(self.head_nm(h.float(), cond_BD).float()).float()
+        "Head in at least fp32 (as the official code under autocast); a float64 model stays float64."
+        up = (lambda t: t) if h.dtype == torch.float64 else (lambda t: t.float())
+        return up(self.head(up(self.head_nm(up(h), cond_BD))))
 
     def _blocks(self, x, cond_BD, attn_bias=None, cache=None):
         c = self.block_cond(cond_BD)
@@ -258,7 +260,7 @@ class VAR(nn.Module):
         with torch.autocast(x_BLCv_wo_first_l.device.type, enabled=False):
             cond_BD = self.class_emb(label_B)
             x = torch.cat((cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1),
-                           self.word_embed(x_BLCv_wo_first_l.float())), 1)
+                           self.word_embed(x_BLCv_wo_first_l.to(self.word_embed.weight.dtype))), 1)
             x = x + self.lvl_pos()
         attn_bias, P = self.attn_bias_for_masking, 0
         if prompt is not None:
