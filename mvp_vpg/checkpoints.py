@@ -180,6 +180,7 @@ def atomic_write_dir(final: Path, write_fn):
     tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.tmp', dir=final.parent))
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; published folders get normal permissions
         if final.exists():
             old = final.with_name(f'.{final.name}.old'); shutil.rmtree(old, ignore_errors=True)
             final.rename(old); tmp.rename(final); shutil.rmtree(old, ignore_errors=True)
@@ -194,6 +195,7 @@ def write_safetensors(sd: dict, path, metadata: dict | None = None):
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent); os.close(fd)
     try:
         save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.remove(tmp)

@@ -27,7 +27,7 @@ def save_png(arr: np.ndarray, path) -> Path:
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix='.png', dir=path.parent); os.close(fd)
     try:
-        Image.fromarray(arr).save(tmp, format='PNG'); os.replace(tmp, path)
+        Image.fromarray(arr).save(tmp, format='PNG'); os.chmod(tmp, 0o644); os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.remove(tmp)
         raise

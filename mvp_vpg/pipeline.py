@@ -64,7 +64,7 @@ def is_toy(params) -> bool: return active_profile(params)[0] == 'toy'
 def _atomic_bytes(path: Path, write):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent); os.close(fd)
-    try: write(tmp); os.replace(tmp, path)
+    try: write(tmp); os.chmod(tmp, 0o644); os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.remove(tmp)
         raise

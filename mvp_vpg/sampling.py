@@ -138,6 +138,7 @@ def sample(var: VAR, vae: VQVAE, labels=None, B: int | None = None, *, guidance:
     label_B = resolve_labels(labels, B, var.num_classes, rng, dev)
     B, K, pns, q = len(label_B), var.K, var.patch_nums, vae.quantize
     g = CFG(1.5) if guidance is None else guidance
+    if prompt is not None: prompt.check_compatible(var)
     P = 0 if prompt is None else prompt.n_prefix()
     g.bind(K)
     with precision(mode, dev):

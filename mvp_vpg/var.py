@@ -156,6 +156,8 @@ class Prompt(nn.Module):
     def offset(self, si: int): return None
     def prefix_tokens(self, cond_BD): return None
     def n_prefix(self) -> int: return 0
+    def check_compatible(self, var) -> None:
+        "Raise a clear error if this prompt was built for another model (width, pyramid); called by forward and the sampler."
 
 # %% ../nbs/01_var.ipynb #14a00244
 class VAR(nn.Module):
@@ -264,6 +266,7 @@ class VAR(nn.Module):
             x = x + self.lvl_pos()
         attn_bias, P = self.attn_bias_for_masking, 0
         if prompt is not None:
+            prompt.check_compatible(self)
             offs = [prompt.offset(si) for si in range(self.K)]
             if any(o is not None for o in offs):
                 x = x + torch.cat([o if o is not None else x.new_zeros(e - b, self.C) for o, (b, e) in zip(offs, self.begin_ends)])
