@@ -128,21 +128,27 @@ class SampleOutput:
 @torch.no_grad()
 def sample(var: VAR, vae: VQVAE, labels=None, B: int | None = None, *, guidance: Guidance | None = None,
            top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False, seed: int | None = None,
-           prompt: Prompt | None = None, mode: str = 'reference') -> SampleOutput:
-    "Draw images from `var` + `vae`. `guidance` defaults to `CFG(1.5)`; `prompt` adds MVP-style input prompts."
+           prompt: Prompt | None = None, mode: str = 'reference', cond_BD=None, null_cond=None) -> SampleOutput:
+    """Draw images from `var` + `vae`. `guidance` defaults to `CFG(1.5)`; `prompt` adds MVP-style input prompts.
+    `cond_BD` (B, C) with `null_cond` (C,) replace the class embeddings (text-to-image adapters): the guidance rule's
+    `labels` then index the table [cond_BD; null_cond]."""
     if tuple(var.patch_nums) != tuple(vae.patch_nums) or var.Cvae != vae.cfg.z_channels:
         raise ValueError(f"VAR (patch_nums {var.patch_nums}, Cvae {var.Cvae}) does not match the VQVAE "
                          f"(patch_nums {vae.patch_nums}, Cvae {vae.cfg.z_channels})")
     dev = var.pos_1LC.device
     rng = None if seed is None else torch.Generator(dev).manual_seed(seed)
-    label_B = resolve_labels(labels, B, var.num_classes, rng, dev)
+    if cond_BD is not None:
+        if null_cond is None: raise ValueError("cond_BD needs null_cond (the null condition for guidance)")
+        label_B = torch.arange(len(cond_BD), device=dev)
+    else: label_B = resolve_labels(labels, B, var.num_classes, rng, dev)
     B, K, pns, q = len(label_B), var.K, var.patch_nums, vae.quantize
     g = CFG(1.5) if guidance is None else guidance
     if prompt is not None: prompt.check_compatible(var)
     P = 0 if prompt is None else prompt.n_prefix()
     g.bind(K)
     with precision(mode, dev):
-        cond = var.class_emb(g.labels(label_B, var.num_classes))
+        if cond_BD is None: cond = var.class_emb(g.labels(label_B, var.num_classes))
+        else: cond = torch.cat((cond_BD.to(dev), null_cond.to(dev)[None]))[g.labels(label_B, B)].to(var.pos_start.dtype)
         lvl_pos = var.lvl_pos()
         cache = var.new_cache(extra_len=P + g.cache_extra())
         f_hat = torch.zeros(B, var.Cvae, pns[-1], pns[-1], device=dev)

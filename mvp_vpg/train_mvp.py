@@ -6,7 +6,7 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/train_mvp.html.md"""
 
 # %% ../nbs/43_train_mvp.ipynb #37ee784b
 from __future__ import annotations
-import argparse, inspect, json, math, os, resource, shutil, sys, time
+import argparse, json, math, os, resource, shutil, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -22,7 +22,7 @@ from .prompts import MultiScalePrompt, PrefilledPrompt, TunablePrompt, save_prom
 from .semantic import SemanticRefinement, mvp_loss
 from .checkpoints import atomic_write_dir, write_safetensors, read_state_dict, save_pretrained, load_pretrained
 from .toy_train import batch_indices, lr_at, fingerprint, tokenize, split_tokens, images_to_tensor, autocast
-from .sampling import CFG, NoGuidance, StepContext, SampleOutput, filter_logits_, draw_tokens, gumbel_soft, precision
+from .sampling import CFG, NoGuidance, SampleOutput, sample
 
 # %% auto #0
 __all__ = ['METHODS', 'TASKS', 'DEFAULT_LR', 'MVP_DEFAULTS', 'mvp_section', 'method_lr', 'tuning_examples', 'TuningData',
@@ -185,74 +185,14 @@ def load_text_adapter(folder, device='cpu') -> TextAdapter:
 
 def forward_cond(var: VAR, cond_BD, x_BLCv_wo_first_l, prompt=None):
     "Teacher-forced logits (B, L, V) of `var` conditioned on `cond_BD` (B, C) — `VAR.forward` without the label lookup."
-    if 'cond_BD' in inspect.signature(var.forward).parameters:
-        return var.forward(None, x_BLCv_wo_first_l, prompt=prompt, cond_BD=cond_BD)
-    B = x_BLCv_wo_first_l.shape[0]
-    with torch.autocast(x_BLCv_wo_first_l.device.type, enabled=False):
-        cond_BD = cond_BD.to(var.pos_start.dtype)
-        x = torch.cat((cond_BD.unsqueeze(1).expand(B, var.first_l, -1) + var.pos_start.expand(B, -1, -1),
-                       var.word_embed(x_BLCv_wo_first_l.to(var.word_embed.weight.dtype))), 1)
-        x = x + var.lvl_pos()
-    attn_bias, P = var.attn_bias_for_masking, 0
-    if prompt is not None:
-        prompt.check_compatible(var)
-        offs = [prompt.offset(si) for si in range(var.K)]
-        if any(o is not None for o in offs):
-            x = x + torch.cat([o if o is not None else x.new_zeros(e - b, var.C) for o, (b, e) in zip(offs, var.begin_ends)])
-        pre = prompt.prefix_tokens(cond_BD)
-        if pre is not None:
-            P = pre.shape[1]
-            x = torch.cat((pre.to(x.dtype), x), 1)
-            lvl = torch.cat((var.lvl_1L.new_zeros(1, P), var.lvl_1L), 1)
-            attn_bias = torch.where(lvl.view(1, 1, -1, 1) >= lvl.view(1, 1, 1, -1), 0.0, -torch.inf).to(x.dtype)
-    x = var._blocks(x, cond_BD, attn_bias)
-    return var.get_logits(x[:, P:], cond_BD)
+    return var.forward(None, x_BLCv_wo_first_l, prompt=prompt, cond_BD=cond_BD)
 
 # %% ../nbs/43_train_mvp.ipynb #9ae12803
 @torch.no_grad()
-def sample_t2i(var: VAR, vae, adapter, text_emb, *, guidance=None, top_k: int = 0, top_p: float = 0.0,
-               more_smooth: bool = False, seed: int | None = None, prompt=None, mode: str = 'reference') -> SampleOutput:
+def sample_t2i(var: VAR, vae, adapter, text_emb, *, guidance=None, **kw) -> SampleOutput:
     "Text-to-image sampling: `text_emb` (B, D) through `adapter` (callable + `.null`), CFG against the null text (default CFG(1.5))."
-    if tuple(var.patch_nums) != tuple(vae.patch_nums): raise ValueError(f"VAR patch_nums {var.patch_nums} != VQVAE patch_nums {vae.patch_nums}")
     dev = var.pos_1LC.device
-    rng = None if seed is None else torch.Generator(dev).manual_seed(seed)
-    B, K, pns, q = len(text_emb), var.K, var.patch_nums, vae.quantize
-    g = CFG(1.5) if guidance is None else guidance
-    if prompt is not None: prompt.check_compatible(var)
-    P = 0 if prompt is None else prompt.n_prefix()
-    g.bind(K)
-    with precision(mode, dev):
-        table = torch.cat((adapter(text_emb.to(dev)), adapter.null[None].to(dev)))          # rows 0..B-1 texts, B = null
-        cond = table[g.labels(torch.arange(B, device=dev), B)].to(var.pos_start.dtype)
-        lvl_pos = var.lvl_pos()
-        cache = var.new_cache(extra_len=P + g.cache_extra())
-        f_hat = torch.zeros(B, var.Cvae, pns[-1], pns[-1], device=dev)
-        ctx = StepContext(0, K, B, [None], lvl_pos, [None] * K, rng, cond, n_prefix=P, var=var)
-        if prompt is not None: ctx.offsets = [prompt.offset(si) for si in range(K)]
-        x, tokens = var.embed_start(cond, lvl_pos), []
-        for si, pn in enumerate(pns):
-            ctx.si, ctx.skip = si, (P if si == 0 else 0)
-            if ctx.offsets[si] is not None: x = x + ctx.offsets[si]
-            if si == 0 and P: x = torch.cat((prompt.prefix_tokens(cond).to(x.dtype), x), 1)
-            logits = g.step(var, x, cond, cache, ctx)
-            if mode == 'reference' and not torch.isfinite(logits).any(-1).all():
-                raise FloatingPointError(f"no finite logits at scale {si}: NaN/inf in the model output")
-            filter_logits_(logits, top_k, top_p)
-            idx = draw_tokens(logits, rng)
-            tokens.append(idx)
-            if more_smooth:
-                ratio = si / (K - 1)
-                h = gumbel_soft(logits.mul(1 + ratio), max(0.27 * (1 - ratio * 0.95), 0.005), rng) @ q.embedding.weight.unsqueeze(0)
-            else:
-                h = q.embedding(idx)
-            f_hat, nxt = q.next_input(si, f_hat, h.transpose(1, 2).reshape(B, var.Cvae, pn, pn))
-            if si != K - 1:
-                feat = nxt.view(B, var.Cvae, -1).transpose(1, 2)
-                ctx.feats.append(feat)
-                x = g.expand(var.embed_next(si + 1, feat, lvl_pos), si + 1, ctx)
-        images = vae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
-    if not torch.isfinite(images).all(): raise FloatingPointError("sampled images contain NaN/inf")
-    return SampleOutput(images, tokens, torch.full((B,), -1, dtype=torch.long))
+    return sample(var, vae, guidance=guidance, cond_BD=adapter(text_emb.to(dev)), null_cond=adapter.null.to(dev), **kw)
 
 # %% ../nbs/43_train_mvp.ipynb #e6731e17
 class QLoRAUnavailable(RuntimeError):

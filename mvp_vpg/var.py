@@ -253,14 +253,16 @@ class VAR(nn.Module):
     def new_cache(self, extra_len=0): return KVCache(len(self.blocks), self.L + extra_len)
 
     # --- teacher-forced forward (training) ---
-    def forward(self, label_B, x_BLCv_wo_first_l, prompt=None):
+    def forward(self, label_B, x_BLCv_wo_first_l, prompt=None, cond_BD=None):
         """Teacher-forced logits (B, L, V). In training mode labels are dropped to the null class with `cond_drop_rate`.
-        `prompt` (optional) may add per-position input offsets and/or prepend prefix tokens (see module notes)."""
+        `prompt` (optional) may add per-position input offsets and/or prepend prefix tokens (see module notes).
+        `cond_BD` (B, C) replaces the class embedding (e.g. a text adapter's output); then `label_B` is ignored and no
+        condition dropout happens here (the caller owns it)."""
         B = x_BLCv_wo_first_l.shape[0]
-        if self.training and self.cfg.cond_drop_rate > 0:
+        if cond_BD is None and self.training and self.cfg.cond_drop_rate > 0:
             label_B = torch.where(torch.rand(B, device=label_B.device) < self.cfg.cond_drop_rate, self.num_classes, label_B)
         with torch.autocast(x_BLCv_wo_first_l.device.type, enabled=False):
-            cond_BD = self.class_emb(label_B)
+            cond_BD = self.class_emb(label_B) if cond_BD is None else cond_BD.to(self.pos_start.dtype)
             x = torch.cat((cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1),
                            self.word_embed(x_BLCv_wo_first_l.to(self.word_embed.weight.dtype))), 1)
             x = x + self.lvl_pos()
