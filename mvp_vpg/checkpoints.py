@@ -17,7 +17,7 @@ from .var import VAR, VARConfig
 # %% auto #0
 __all__ = ['CheckpointError', 'unwrap_state_dict', 'read_state_dict', 'infer_var_config', 'infer_vqvae_config',
            'check_state_dict', 'load_strict', 'load_var', 'load_vqvae', 'atomic_write_dir', 'write_safetensors',
-           'save_pretrained', 'load_pretrained']
+           'save_artifact', 'save_pretrained', 'load_pretrained']
 
 # %% ../nbs/03_checkpoints.ipynb #0398452f
 class CheckpointError(ValueError):
@@ -201,6 +201,14 @@ def write_safetensors(sd: dict, path, metadata: dict | None = None):
         if os.path.exists(tmp): os.remove(tmp)
         raise
 
+def save_artifact(tensors: dict, config: dict, folder, weights: str = 'model.safetensors', config_name: str = 'config.json') -> Path:
+    "Write an artifact folder — safetensors weights + a JSON config — atomically; the layout of every model we save."
+    def write(tmp):
+        write_safetensors(tensors, tmp / weights, {'type': str(config.get('type', ''))})
+        (tmp / config_name).write_text(json.dumps(config, indent=1))
+    atomic_write_dir(Path(folder), write)
+    return Path(folder)
+
 def _read_config(folder: Path) -> dict:
     f = Path(folder) / 'config.json'
     if not f.exists(): raise CheckpointError(f"{folder} has no config.json: not an mvp_vpg model folder")
@@ -210,11 +218,7 @@ def save_pretrained(model: nn.Module, folder, extra: dict | None = None):
     "Write `model.safetensors` + `config.json` ({'type', 'config', ...extra}) into `folder`, atomically."
     kind = {VAR: 'var', VQVAE: 'vqvae'}.get(type(model))
     if kind is None: raise TypeError(f"save_pretrained handles VAR and VQVAE, got {type(model).__name__}")
-    cfg = {'type': kind, 'config': model.cfg.to_dict(), **(extra or {})}
-    def write(tmp):
-        write_safetensors(model.state_dict(), tmp / 'model.safetensors', {'type': kind})
-        (tmp / 'config.json').write_text(json.dumps(cfg, indent=1))
-    atomic_write_dir(Path(folder), write)
+    save_artifact(model.state_dict(), {'type': kind, 'config': model.cfg.to_dict(), **(extra or {})}, folder)
 
 def load_pretrained(folder, device='cpu') -> nn.Module:
     "Load a folder written by `save_pretrained` (architecture from config.json, weights strict)."

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from .var import Prompt
 from .frames import PLACEMENTS, check_tau, scale_positions, total_budget, _check_patch_nums
-from .checkpoints import atomic_write_dir, write_safetensors, read_state_dict, CheckpointError
+from .checkpoints import atomic_write_dir, save_artifact, read_state_dict, CheckpointError
 
 # %% auto #0
 __all__ = ['PROMPT_KINDS', 'PromptMismatchError', 'TunablePrompt', 'MultiScalePrompt', 'PrefilledPrompt', 'save_prompt',
@@ -142,13 +142,7 @@ def save_prompt(prompt: TunablePrompt, folder, extra: dict | None = None) -> Pat
     extra = dict(extra or {})
     clash = sorted(set(extra) & set(_RESERVED))
     if clash: raise ValueError(f"extra metadata may not override the prompt's own keys {clash}")
-    cfg = {'type': 'prompt', 'format_version': 1, **prompt.config(), **extra}
-    text = json.dumps(cfg, indent=1)
-    def write(tmp):
-        write_safetensors(prompt.state_dict(), tmp / 'model.safetensors', {'type': 'prompt', 'kind': prompt.kind})
-        (tmp / 'config.json').write_text(text)
-    atomic_write_dir(Path(folder), write)
-    return Path(folder)
+    return save_artifact(prompt.state_dict(), {'type': 'prompt', 'format_version': 1, **prompt.config(), **extra}, folder)
 
 def read_prompt_config(folder) -> dict:
     "The config.json of a prompt folder, checked."

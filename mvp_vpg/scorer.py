@@ -21,7 +21,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from . import shapes
 from .shapes import CLASSES, COLORS, SHAPES, PROMPT_CATEGORIES, Scene, build_split, render_scene, check_prompt
-from .checkpoints import write_safetensors, atomic_write_dir, read_state_dict
+from .checkpoints import save_artifact, read_state_dict
 
 # %% auto #0
 __all__ = ['COLOR_NAMES', 'N_CELL_OUT', 'to_input', 'cell_targets', 'ScorerConfig', 'ShapesNet', 'save_scorer', 'load_scorer',
@@ -86,12 +86,7 @@ class ShapesNet(nn.Module):
 # %% ../nbs/12_scorer.ipynb #89c0b794
 def save_scorer(model: ShapesNet, folder, extra: dict | None = None) -> Path:
     "Write `model.safetensors` + `config.json` into `folder` atomically."
-    meta = {'type': 'shapes-scorer', 'config': model.cfg.to_dict(), **(extra or {})}
-    def write(tmp):
-        write_safetensors(model.state_dict(), tmp / 'model.safetensors', {'type': 'shapes-scorer'})
-        (tmp / 'config.json').write_text(json.dumps(meta, indent=1))
-    atomic_write_dir(Path(folder), write)
-    return Path(folder)
+    return save_artifact(model.state_dict(), {'type': 'shapes-scorer', 'config': model.cfg.to_dict(), **(extra or {})}, folder)
 
 def load_scorer(folder, device='cpu') -> ShapesNet:
     "The `ShapesNet` saved in `folder`, in eval mode."

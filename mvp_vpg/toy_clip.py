@@ -16,7 +16,7 @@ import yaml
 from tqdm.auto import tqdm
 import open_clip
 from .shapes import CLASSES, build_split, make_sentence
-from .checkpoints import write_safetensors, atomic_write_dir
+from .checkpoints import save_artifact
 
 # %% auto #0
 __all__ = ['TOY_CLIP_NAME', 'TOY_CLIP_CFG', 'TOY_PREPROCESS_CFG', 'register_toy_clip_config', 'to_clip_input', 'encode_images',
@@ -97,11 +97,7 @@ def save_toy_clip(model, folder, cfg: dict | None = None, extra: dict | None = N
     "Write `open_clip_config.json` (model_cfg, preprocess_cfg, + extra) and `open_clip_model.safetensors`, atomically."
     meta = {'model_cfg': cfg or TOY_CLIP_CFG, 'preprocess_cfg': dict(getattr(model.visual, 'preprocess_cfg', TOY_PREPROCESS_CFG)),
             **(extra or {})}
-    def write(tmp):
-        write_safetensors(model.state_dict(), tmp / 'open_clip_model.safetensors', {'format': 'open_clip'})
-        (tmp / 'open_clip_config.json').write_text(json.dumps(meta, indent=1))
-    atomic_write_dir(Path(folder), write)
-    return Path(folder)
+    return save_artifact(model.state_dict(), meta, folder, 'open_clip_model.safetensors', 'open_clip_config.json')
 
 def load_toy_clip(folder, device='cpu') -> tuple:
     "(model in eval mode, PIL preprocess transform, tokenizer) of a saved toy CLIP folder, offline."

@@ -20,7 +20,7 @@ from . import shapes
 from .var import VAR
 from .prompts import MultiScalePrompt, PrefilledPrompt, TunablePrompt, save_prompt, load_prompt
 from .semantic import SemanticRefinement, mvp_loss
-from .checkpoints import atomic_write_dir, write_safetensors, read_state_dict, save_pretrained, load_pretrained
+from .checkpoints import atomic_write_dir, write_safetensors, save_artifact, read_state_dict, save_pretrained, load_pretrained
 from .toy_train import batch_indices, lr_at, fingerprint, tokenize, split_tokens, images_to_tensor, autocast
 from .sampling import CFG, NoGuidance, SampleOutput, sample
 
@@ -171,10 +171,7 @@ class TextAdapter(nn.Module):
     def config(self) -> dict: return dict(type='text_adapter', text_dim=self.text_dim, C=self.C, hidden=self.hidden)
 
 def save_text_adapter(adapter: TextAdapter, folder, extra: dict | None = None) -> Path:
-    def write(tmp):
-        write_safetensors(adapter.state_dict(), tmp / 'model.safetensors', {'type': 'text_adapter'})
-        (tmp / 'config.json').write_text(json.dumps({**adapter.config(), **(extra or {})}, indent=1))
-    atomic_write_dir(Path(folder), write); return Path(folder)
+    return save_artifact(adapter.state_dict(), {**adapter.config(), **(extra or {})}, folder)
 
 def load_text_adapter(folder, device='cpu') -> TextAdapter:
     cfg = json.loads((Path(folder) / 'config.json').read_text())
