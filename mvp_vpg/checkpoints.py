@@ -17,7 +17,7 @@ from .var import VAR, VARConfig
 # %% auto #0
 __all__ = ['CheckpointError', 'unwrap_state_dict', 'read_state_dict', 'infer_var_config', 'infer_vqvae_config',
            'check_state_dict', 'load_strict', 'load_var', 'load_vqvae', 'atomic_write_dir', 'write_safetensors',
-           'save_artifact', 'save_pretrained', 'load_pretrained']
+           'save_artifact', 'read_artifact_config', 'save_pretrained', 'load_pretrained']
 
 # %% ../nbs/03_checkpoints.ipynb #0398452f
 class CheckpointError(ValueError):
@@ -165,7 +165,7 @@ def load_var(path, depth: int | None = None, device='cpu', **overrides) -> VAR:
 def load_vqvae(path, patch_nums=None, device='cpu', **overrides) -> VQVAE:
     "Load the multi-scale VQVAE; `patch_nums` should be the VAR's (default: the 256px pyramid, or our folder's config)."
     path = Path(path)
-    saved = _read_config(path) if path.is_dir() else None
+    saved = read_artifact_config(path) if path.is_dir() else None
     sd = read_state_dict(path, 'vae_local')
     if saved is not None and patch_nums is None: patch_nums = saved['config']['patch_nums']
     cfg = infer_vqvae_config(sd, patch_nums, **overrides)
@@ -209,10 +209,15 @@ def save_artifact(tensors: dict, config: dict, folder, weights: str = 'model.saf
     atomic_write_dir(Path(folder), write)
     return Path(folder)
 
-def _read_config(folder: Path) -> dict:
+def read_artifact_config(folder, expected_type: str | None = None, how_to_make: str = '') -> dict:
+    "The config.json of an artifact folder, checked to exist and (optionally) to be of `expected_type`."
     f = Path(folder) / 'config.json'
-    if not f.exists(): raise CheckpointError(f"{folder} has no config.json: not an mvp_vpg model folder")
-    return json.loads(f.read_text())
+    if not f.exists():
+        raise FileNotFoundError(f"{Path(folder)} has no config.json: not an mvp_vpg artifact folder" + (f" ({how_to_make})" if how_to_make else ''))
+    cfg = json.loads(f.read_text())
+    if expected_type is not None and cfg.get('type') != expected_type:
+        raise CheckpointError(f"{f} describes a {cfg.get('type')!r}, not a {expected_type!r}")
+    return cfg
 
 def save_pretrained(model: nn.Module, folder, extra: dict | None = None):
     "Write `model.safetensors` + `config.json` ({'type', 'config', ...extra}) into `folder`, atomically."
@@ -222,6 +227,6 @@ def save_pretrained(model: nn.Module, folder, extra: dict | None = None):
 
 def load_pretrained(folder, device='cpu') -> nn.Module:
     "Load a folder written by `save_pretrained` (architecture from config.json, weights strict)."
-    meta = _read_config(Path(folder))
+    meta = read_artifact_config(folder)
     cls, ccls = {'var': (VAR, VARConfig), 'vqvae': (VQVAE, VQVAEConfig)}[meta['type']]
     return _build(cls, ccls(**meta['config']), read_state_dict(folder), str(folder), device)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from .var import Prompt
 from .frames import PLACEMENTS, check_tau, scale_positions, total_budget, _check_patch_nums
-from .checkpoints import atomic_write_dir, save_artifact, read_state_dict, CheckpointError
+from .checkpoints import atomic_write_dir, save_artifact, read_artifact_config, read_state_dict, CheckpointError
 
 # %% auto #0
 __all__ = ['PROMPT_KINDS', 'PromptMismatchError', 'TunablePrompt', 'MultiScalePrompt', 'PrefilledPrompt', 'save_prompt',
@@ -146,12 +146,8 @@ def save_prompt(prompt: TunablePrompt, folder, extra: dict | None = None) -> Pat
 
 def read_prompt_config(folder) -> dict:
     "The config.json of a prompt folder, checked."
-    folder = Path(folder)
-    f = folder / 'config.json'
-    if not f.exists(): raise FileNotFoundError(f"{folder} is not a prompt folder: no config.json (save one with save_prompt)")
-    cfg = json.loads(f.read_text())
-    if cfg.get('type') != 'prompt': raise CheckpointError(f"{f} describes a {cfg.get('type')!r}, not a prompt")
-    if cfg.get('kind') not in PROMPT_KINDS: raise CheckpointError(f"{f}: unknown prompt kind {cfg.get('kind')!r}; known: {sorted(PROMPT_KINDS)}")
+    cfg = read_artifact_config(folder, 'prompt', 'save one with save_prompt')
+    if cfg.get('kind') not in PROMPT_KINDS: raise CheckpointError(f"{folder}: unknown prompt kind {cfg.get('kind')!r}; known: {sorted(PROMPT_KINDS)}")
     return cfg
 
 def load_prompt(folder, device='cpu', var=None) -> TunablePrompt:

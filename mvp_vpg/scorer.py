@@ -21,7 +21,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from . import shapes
 from .shapes import CLASSES, COLORS, SHAPES, PROMPT_CATEGORIES, Scene, build_split, render_scene, check_prompt
-from .checkpoints import save_artifact, read_state_dict
+from .checkpoints import save_artifact, read_artifact_config, read_state_dict
 
 # %% auto #0
 __all__ = ['COLOR_NAMES', 'N_CELL_OUT', 'to_input', 'cell_targets', 'ScorerConfig', 'ShapesNet', 'save_scorer', 'load_scorer',
@@ -91,10 +91,7 @@ def save_scorer(model: ShapesNet, folder, extra: dict | None = None) -> Path:
 def load_scorer(folder, device='cpu') -> ShapesNet:
     "The `ShapesNet` saved in `folder`, in eval mode."
     folder = Path(folder)
-    if not (folder / 'config.json').exists():
-        raise FileNotFoundError(f"no scorer at {folder}: train one with `python -m mvp_vpg.scorer train --out {folder}`")
-    meta = json.loads((folder / 'config.json').read_text())
-    if meta.get('type') != 'shapes-scorer': raise ValueError(f"{folder} holds a {meta.get('type')!r}, not a shapes scorer")
+    meta = read_artifact_config(folder, 'shapes-scorer', f'train one with `python -m mvp_vpg.scorer train --out {folder}`')
     net = ShapesNet(ScorerConfig(**meta['config']))
     net.load_state_dict(read_state_dict(folder))
     return net.to(device).eval()

@@ -20,7 +20,7 @@ from . import shapes
 from .var import VAR
 from .prompts import MultiScalePrompt, PrefilledPrompt, TunablePrompt, save_prompt, load_prompt
 from .semantic import SemanticRefinement, mvp_loss
-from .checkpoints import atomic_write_dir, write_safetensors, save_artifact, read_state_dict, save_pretrained, load_pretrained
+from .checkpoints import atomic_write_dir, write_safetensors, save_artifact, read_artifact_config, read_state_dict, save_pretrained, load_pretrained
 from .toy_train import batch_indices, lr_at, fingerprint, tokenize, split_tokens, images_to_tensor, autocast
 from .sampling import CFG, NoGuidance, SampleOutput, sample
 
@@ -343,10 +343,7 @@ class Tuner:
 def load_tuned(folder, var: VAR, device='cpu') -> Tuner:
     "Rebuild a saved tuner on `var` (the same base model it was trained on; modified in place for lora, replaced for full)."
     folder = Path(folder)
-    f = folder / 'config.json'
-    if not f.exists(): raise FileNotFoundError(f"{folder} has no config.json: not a tuned-artefact folder (train one with python -m mvp_vpg.train_mvp)")
-    meta = json.loads(f.read_text())
-    if meta.get('type') != 'mvp_tuned': raise ValueError(f"{f} describes a {meta.get('type')!r}, not an mvp_tuned folder")
+    meta = read_artifact_config(folder, 'mvp_tuned', 'train one with python -m mvp_vpg.train_mvp')
     if meta['method'] == 'full': var = load_pretrained(folder / 'model', device=device)
     t = Tuner.__new__(Tuner)
     t.var, t.method, t.task, t.cfg, t.prompt, t.adapter, t.lora = var.to(device).eval(), meta['method'], meta['task'], None, None, None, None
