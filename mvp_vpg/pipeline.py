@@ -20,9 +20,10 @@ from .vpg import VPG
 
 # %% auto #0
 __all__ = ['HOW_TO_GET', 'STAGES', 'MissingAsset', 'load_params', 'active_profile', 'require_path', 'is_toy', 'write_json',
-           'stage_data', 'load_split', 'caption_record', 'stage_captions', 'caption_folder_blip2', 'file_hash',
-           'base_model_paths', 'load_base_models', 'sample_to_folder', 'variant_spec', 'guidance_from_spec',
-           'stage_sample', 'sweep_name', 'stage_sample_sweep', 'mean_std', 'aggregate', 'stage_evaluate', 'main']
+           'stage_data', 'load_split', 'caption_record', 'stage_captions', 'photo_sentence', 'caption_folder_blip2',
+           'file_hash', 'base_model_paths', 'load_base_models', 'sample_to_folder', 'variant_spec',
+           'guidance_from_spec', 'stage_sample', 'sweep_name', 'stage_sample_sweep', 'mean_std', 'aggregate',
+           'stage_evaluate', 'main']
 
 # %% ../nbs/20_pipeline.ipynb #10c7bab8
 class MissingAsset(FileNotFoundError):
@@ -104,6 +105,10 @@ def stage_captions(params: dict, out='data/captions', root='data/shapes'):
         return
     caption_folder_blip2(require_path(params, 'data'), require_path(params, 'blip2'), out / 'train.jsonl')
 
+def photo_sentence(class_name: str) -> str:
+    "The sentence-level tuning text for any class name: 'a photo of a/an {class}'."
+    return f"a photo of {'an' if class_name[:1].lower() in 'aeiou' else 'a'} {class_name}"
+
 def caption_folder_blip2(data_dir: Path, blip2_dir: Path, out: Path, batch_size=16, device=None):
     "Caption an ImageFolder tree with a local BLIP-2 (transformers), resumable: ids already in `out` are skipped."
     try: from transformers import Blip2Processor, Blip2ForConditionalGeneration
@@ -125,7 +130,7 @@ def caption_folder_blip2(data_dir: Path, blip2_dir: Path, out: Path, batch_size=
                 ids = model.generate(**proc(images=ims, return_tensors='pt').to(device), max_new_tokens=40)
             for (f, c), cap in zip(chunk, proc.batch_decode(ids, skip_special_tokens=True)):
                 fh.write(json.dumps({'id': f.stem, 'label': c, 'class_name': classes[c],
-                                     'sentence': shapes.make_sentence(classes[c]), 'caption': cap.strip()}) + '\n')
+                                     'sentence': photo_sentence(classes[c]), 'caption': cap.strip()}) + '\n')
             fh.flush()  # whole lines only: a killed run resumes from the last complete batch
 
 # %% ../nbs/20_pipeline.ipynb #42a3f376

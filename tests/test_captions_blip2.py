@@ -1,0 +1,50 @@
+"""The real-data captions path: BLIP-2 through transformers from a local folder, on a tiny random BLIP-2 saved in the
+same format as a real checkpoint (save_pretrained), over an ImageFolder tree; resumable JSONL."""
+import json
+import numpy as np
+import pytest
+from PIL import Image
+
+transformers = pytest.importorskip('transformers', reason='the BLIP-2 captions path needs transformers ([dev] extra)')
+from tokenizers import Tokenizer, models, pre_tokenizers
+from mvp_vpg.pipeline import caption_folder_blip2
+
+@pytest.fixture(scope='module')
+def blip2_dir(tmp_path_factory):
+    import torch
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor,
+                              Blip2VisionConfig, Blip2QFormerConfig, OPTConfig, PreTrainedTokenizerFast)
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp('blip2')
+    vis = Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
+    qf = Blip2QFormerConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, encoder_hidden_size=32, vocab_size=100)
+    txt = OPTConfig(vocab_size=1000, hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2, word_embed_proj_dim=32)
+    cfg = Blip2Config(vision_config=vis.to_dict(), qformer_config=qf.to_dict(), text_config=txt.to_dict(), num_query_tokens=4)
+    cfg.image_token_index = 3
+    words = ['<pad>', '</s>', '<unk>', '<image>'] + [f'w{i}' for i in range(996)]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token='<unk>'))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token='<pad>', eos_token='</s>', bos_token='</s>', unk_token='<unk>')
+    Blip2ForConditionalGeneration(cfg).save_pretrained(d)
+    Blip2Processor(image_processor=BlipImageProcessor(size={'height': 32, 'width': 32}), tokenizer=tok, num_query_tokens=4).save_pretrained(d)
+    return d
+
+def _folder(root, n=3):
+    rng = np.random.default_rng(0)
+    for c in ('apple', 'dog'):
+        (root / 'train' / c).mkdir(parents=True)
+        for i in range(n): Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / 'train' / c / f'{c}_{i}.JPEG')
+    return root
+
+def test_blip2_captions_jsonl_and_resume(blip2_dir, tmp_path):
+    data, out = _folder(tmp_path / 'data'), tmp_path / 'captions.jsonl'
+    caption_folder_blip2(data, blip2_dir, out, batch_size=4, device='cpu')
+    recs = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(recs) == 6 and set(recs[0]) == {'id', 'label', 'class_name', 'sentence', 'caption'}
+    assert {r['class_name'] for r in recs} == {'apple', 'dog'} and recs[0]['sentence'] == 'a photo of an apple'
+    assert [r['label'] for r in recs] == [0, 0, 0, 1, 1, 1]
+    # resume: only images without a line are captioned again
+    out.write_text(''.join(l + '\n' for l in out.read_text().splitlines()[:2]))
+    caption_folder_blip2(data, blip2_dir, out, batch_size=4, device='cpu')
+    again = [json.loads(l) for l in out.read_text().splitlines()]
+    assert sorted(r['id'] for r in again) == sorted(r['id'] for r in recs) and len(again) == 6
