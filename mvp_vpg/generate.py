@@ -87,12 +87,12 @@ def var_sampler(var, vae, guidance=None, top_k: int = 0, top_p: float = 0.0, mod
 
 def generate_shard(out, conds: Sequence, sampler: Callable, seed: int, batch_size: int, rank: int = 0,
                    world_size: int = 1, name: Callable = index_name, max_batches: int | None = None,
-                   on_max: str = 'stop', progress: bool = True) -> dict:
+                   on_max: str = 'stop', progress: bool = True, desc: str | None = None) -> dict:
     "Write `rank`'s shard of images into `out`, skipping batches whose files are complete. Returns statistics."
     out, n = Path(out), len(conds)
     blocks = shard_batches(n_batches(n, batch_size), rank, world_size)
     drawn = skipped = written = 0
-    bar = tqdm(blocks, desc=f'rank {rank}', position=rank, unit='batch', disable=not progress, leave=world_size == 1)
+    bar = tqdm(blocks, desc=desc or f'rank {rank}', position=rank, unit='batch', disable=not progress, leave=world_size == 1)
     for b in bar:
         idx = range(b * batch_size, min((b + 1) * batch_size, n))
         todo = [i for i in idx if not image_ok(out / name(i))]

@@ -161,17 +161,12 @@ def load_base_models(params, device='cpu'):
 # %% ../nbs/20_pipeline.ipynb #e1c23181
 def sample_to_folder(var, vae, out, n_per_class, seed, batch_size=100, guidance=None, top_k=0, top_p=0.0,
                      mode='reference', classes=None, prompt=None, desc='sampling', **sample_kw) -> Path:
-    "Write `n_per_class` PNGs per class to `out`; skips finished batches; returns `out`."
+    "Write `n_per_class` PNGs per class to `out` (single process); skips finished batches; returns `out`."
+    from mvp_vpg.generate import generate_shard, class_conditions, var_sampler
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     classes = list(range(var.num_classes)) if classes is None else list(classes)
-    labels = torch.tensor([c for c in classes for _ in range(n_per_class)])
-    names = [out / f'{i:06d}.png' for i in range(len(labels))]
-    dev = var.pos_1LC.device
-    for b in tqdm(range(0, len(labels), batch_size), desc=desc, unit='batch'):
-        if all(n.exists() for n in names[b:b + batch_size]): continue
-        res = sample(var, vae, labels[b:b + batch_size].to(dev), guidance=guidance, top_k=top_k, top_p=top_p,
-                     seed=seed * 1_000_003 + b // batch_size, mode=mode, prompt=prompt, **sample_kw)
-        for arr, name in zip(to_uint8(res.images), names[b:b + batch_size]): save_png(arr, name)
+    generate_shard(out, class_conditions(classes, n_per_class), var_sampler(var, vae, guidance, top_k, top_p, mode, prompt, **sample_kw),
+                   seed, batch_size, desc=desc)
     return out
 
 def variant_spec(params, variant: str) -> dict:
