@@ -57,7 +57,7 @@ def to_clip_input(model, images) -> torch.Tensor:
     size = model.visual.image_size
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
     if tuple(x.shape[-2:]) != size: x = F.interpolate(x, size=size, mode='bilinear', antialias=True, align_corners=False)
-    mean, std = torch.tensor(pp['mean']).view(1, 3, 1, 1), torch.tensor(pp['std']).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(pp[k], device=x.device).view(1, 3, 1, 1) for k in ('mean', 'std'))
     return ((x - mean) / std).contiguous()
 
 @torch.no_grad()

@@ -25,13 +25,14 @@ from .toy_train import batch_indices, lr_at, fingerprint, tokenize, split_tokens
 from .sampling import CFG, NoGuidance, SampleOutput, sample
 
 # %% auto #0
-__all__ = ['METHODS', 'TASKS', 'DEFAULT_LR', 'MVP_DEFAULTS', 'mvp_section', 'method_lr', 'tuning_examples', 'TuningData',
-           'make_tuning_data', 'add_text_embeddings', 'tuning_split', 'TextAdapter', 'save_text_adapter',
-           'load_text_adapter', 'forward_cond', 'sample_t2i', 'QLoRAUnavailable', 'check_qlora_available',
-           'quantize_4bit_', 'add_lora', 'lora_state_dict', 'base_state_dict', 'Tuner', 'load_tuned', 'dist_info',
-           'init_distributed', 'allreduce_mean_', 'broadcast_', 'reset_peak_memory', 'peak_memory', 'open_live',
-           'save_state', 'load_state', 'read_state_meta', 'eval_ce', 'train_tuner', 'background_of', 'target_match',
-           'sample_t2i_to_folder', 'evaluate_tuned', 'run', 'main']
+__all__ = ['METHODS', 'TASKS', 'DEFAULT_LR', 'MVP_DEFAULTS', 'deep_merge', 'run_overrides', 'run_params', 'mvp_section',
+           'method_lr', 'tuning_examples', 'TuningData', 'make_tuning_data', 'add_text_embeddings', 'tuning_split',
+           'TextAdapter', 'save_text_adapter', 'load_text_adapter', 'forward_cond', 'sample_t2i', 'QLoRAUnavailable',
+           'check_qlora_available', 'quantize_4bit_', 'add_lora', 'lora_state_dict', 'base_state_dict', 'Tuner',
+           'load_tuned', 'dist_info', 'init_distributed', 'allreduce_mean_', 'broadcast_', 'reset_peak_memory',
+           'peak_memory', 'open_live', 'save_state', 'load_state', 'read_state_meta', 'eval_ce', 'train_tuner',
+           'background_of', 'target_match', 'eval_guidance', 'geneval_t2i', 'sample_t2i_to_folder', 'evaluate_tuned',
+           'run', 'main']
 
 # %% ../nbs/43_train_mvp.ipynb #416c80f4
 METHODS = ('mvp', 'prefilled', 'lora', 'qlora', 'full')
@@ -46,9 +47,36 @@ MVP_DEFAULTS = dict(
     cond_drop_rate=0.1, label_smoothing=0.0,
     lora_rank=8, lora_alpha=16, lora_dropout=0.0, lora_targets=['attn.proj', 'ffn.fc1', 'ffn.fc2'],
     adapter_hidden=256, t2i_text='mixed',                                                      # text-to-image
+    tuned_from=None,                                   # a finished run's folder: evaluate its tuned model, train nothing
     data=dict(n=4000, start=None, p_two=1.0, backgrounds=['black'], n_val=500),
-    eval=dict(n_per_class=50, seeds=[0], cfg=1.5, top_k=0, top_p=0.0, batch_size=100, n_ref=1200, mode='reference'),
+    eval=dict(n_per_class=50, seeds=[0], cfg=1.5, top_k=0, top_p=0.0, batch_size=100, n_ref=1200, mode='reference',
+              vpg=None, geneval_per_category=0, geneval_per_prompt=2),
 )
+
+def deep_merge(base: dict, over: dict) -> dict:
+    "`base` updated by `over`, merging nested dicts instead of replacing them."
+    out = dict(base or {})
+    for k, v in (over or {}).items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+def run_overrides(params: dict, key: str | None) -> dict:
+    "The `mvp` overrides of the named run `key`, a dotted path into `params` such as `mvp_runs.prefilled`."
+    if not key: return {}
+    node, path = params, []
+    for part in key.split('.'):
+        if not isinstance(node, dict) or part not in node:
+            where = '.'.join(path) or 'params.yaml'
+            have = ', '.join(map(str, node)) if isinstance(node, dict) else 'nothing'
+            raise ValueError(f"{where} has no entry {part!r} (run {key!r}; available: {have})")
+        node = node[part]; path.append(part)
+    if node is None: return {}
+    if not isinstance(node, dict): raise ValueError(f"run {key!r} must be a mapping of mvp overrides, got {node!r}")
+    return node
+
+def run_params(params: dict, key: str | None) -> dict:
+    "`params` whose `mvp` section carries the overrides of run `key` (see `run_overrides`)."
+    return {**params, 'mvp': deep_merge(params.get('mvp') or {}, run_overrides(params, key))}
 
 def mvp_section(params: dict, **overrides) -> dict:
     "The `mvp` section of `params` with defaults filled in and checked (`overrides` win); ValueError naming a bad key."
@@ -85,13 +113,19 @@ def mvp_section(params: dict, **overrides) -> dict:
     if bg is not None and (not bg or any(b not in shapes.BACKGROUNDS for b in bg)):
         raise ValueError(f"mvp.data.backgrounds must be null or a non-empty list of {list(shapes.BACKGROUNDS)}, got {bg!r}")
     if not 0 <= out['data']['p_two'] <= 1: raise ValueError(f"mvp.data.p_two must be in [0, 1], got {out['data']['p_two']!r}")
+    vpg = out['eval']['vpg']
+    if vpg is not None and (not isinstance(vpg, dict) or 'vpg_lambda' not in vpg):
+        raise ValueError(f"mvp.eval.vpg must be null or a mapping with vpg_lambda (and vpg_p, vpg_variant, ...), got {vpg!r}")
+    for k in ('geneval_per_category', 'geneval_per_prompt'):
+        v = out['eval'][k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise ValueError(f"mvp.eval.{k} must be an integer >= 0, got {v!r}")
     if out['first_scale'] is None: out['first_scale'] = out['task'] == 't2i'
     return out
 
 def method_lr(cfg: dict, method: str) -> float:
     return float(cfg['lr'][method] if isinstance(cfg['lr'], dict) else cfg['lr'])
 
-# %% ../nbs/43_train_mvp.ipynb #00981a44
+# %% ../nbs/43_train_mvp.ipynb #573c0576
 def tuning_examples(split: str, n: int, seed: int = 0, size: int = 32, p_two: float = 1.0, backgrounds=None,
                     start: int = 0, max_factor: int = 40) -> tuple:
     "`n` examples of `split` from index `start` on whose background is in `backgrounds` (None = any): (images, labels, records)."
@@ -145,7 +179,7 @@ def tuning_split(cfg: dict, data_params: dict, split: str, n: int | None = None)
     n = n if n is not None else (dc['n'] if split == 'train' else dc['n_val'] if split == 'val' else cfg['eval']['n_ref'])
     return tuning_examples(split, n, data_params.get('seed', 0), data_params.get('size', 32), dc['p_two'], dc['backgrounds'], start)
 
-# %% ../nbs/43_train_mvp.ipynb #a2c818e2
+# %% ../nbs/43_train_mvp.ipynb #9ae12803
 class TextAdapter(nn.Module):
     "t2i: CLIP text embedding (N, D) -> the VAR's class-embedding slot (N, C); `null` (C,) is the learned null text for CFG."
     def __init__(self, text_dim: int, C: int, hidden: int = 256, init_cond=None, null_init=None):
@@ -184,14 +218,14 @@ def forward_cond(var: VAR, cond_BD, x_BLCv_wo_first_l, prompt=None):
     "Teacher-forced logits (B, L, V) of `var` conditioned on `cond_BD` (B, C) — `VAR.forward` without the label lookup."
     return var.forward(None, x_BLCv_wo_first_l, prompt=prompt, cond_BD=cond_BD)
 
-# %% ../nbs/43_train_mvp.ipynb #9ae12803
+# %% ../nbs/43_train_mvp.ipynb #e6731e17
 @torch.no_grad()
 def sample_t2i(var: VAR, vae, adapter, text_emb, *, guidance=None, **kw) -> SampleOutput:
     "Text-to-image sampling: `text_emb` (B, D) through `adapter` (callable + `.null`), CFG against the null text (default CFG(1.5))."
     dev = var.pos_1LC.device
     return sample(var, vae, guidance=guidance, cond_BD=adapter(text_emb.to(dev)), null_cond=adapter.null.to(dev), **kw)
 
-# %% ../nbs/43_train_mvp.ipynb #e6731e17
+# %% ../nbs/43_train_mvp.ipynb #7b4e82d0
 class QLoRAUnavailable(RuntimeError):
     "QLoRA asked for where it cannot run (no CUDA device, or bitsandbytes not installed)."
 
@@ -247,7 +281,7 @@ def base_state_dict(var) -> dict:
     "The VAR's own weights, under their original names, whether or not LoRA layers were injected."
     return {k.replace('.base_layer', ''): v for k, v in var.state_dict().items() if 'lora_' not in k}
 
-# %% ../nbs/43_train_mvp.ipynb #7b4e82d0
+# %% ../nbs/43_train_mvp.ipynb #6ed13adb
 class Tuner:
     """One method around a VAR: `prompt` (mvp / prefilled), LoRA layers inside `var` (lora / qlora), the whole `var` (full),
     and for t2i the `adapter`. `logits(...)` is the teacher-forced forward; `trainable()` what the optimizer sees."""
@@ -360,7 +394,7 @@ def load_tuned(folder, var: VAR, device='cpu') -> Tuner:
         for p in var.parameters(): p.requires_grad_(False)
     return t
 
-# %% ../nbs/43_train_mvp.ipynb #6ed13adb
+# %% ../nbs/43_train_mvp.ipynb #e19069ca
 def dist_info() -> tuple:
     "(rank, world_size) of the running process group, (0, 1) without one."
     if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
@@ -420,7 +454,7 @@ def open_live(folder, resume: bool):
     except ImportError: return None
     return Live(dir=str(folder), resume=resume, save_dvc_exp=False, dvcyaml=False, report=None)
 
-# %% ../nbs/43_train_mvp.ipynb #e19069ca
+# %% ../nbs/43_train_mvp.ipynb #8a58ea88
 def save_state(folder, tuner: Tuner, opt, step: int, meta: dict):
     "Atomically (re)write `folder`: trainable tensors, optimizer state, `meta` + step."
     sd = opt.state_dict()
@@ -450,7 +484,7 @@ def read_state_meta(folder) -> dict | None:
     f = Path(folder) / 'state.json'
     return json.loads(f.read_text()) if f.exists() else None
 
-# %% ../nbs/43_train_mvp.ipynb #8a58ea88
+# %% ../nbs/43_train_mvp.ipynb #0ec46096
 @torch.no_grad()
 def eval_ce(tuner: Tuner, vae, data: TuningData, batch_size: int = 250, base: bool = False) -> dict:
     "Teacher-forced CE and token accuracy (true conditions, no dropout) of the tuner — or of the bare VAR (`base`, c2i)."
@@ -591,7 +625,7 @@ def _write_json(obj, path):
     from mvp_vpg.pipeline import write_json
     write_json(obj, path)
 
-# %% ../nbs/43_train_mvp.ipynb #815b5f09
+# %% ../nbs/43_train_mvp.ipynb #118b14a7
 def background_of(images) -> list:
     "Nearest nominal background name of each uint8 image (N, H, W, 3), from the median of its border pixels."
     x = np.asarray(images).astype(np.float32)
@@ -618,12 +652,33 @@ def _samples_dir(folder: Path, key: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True); f.write_text(key)
     return folder
 
-def _tuned_key(out: Path, method: str, ev: dict) -> str:
+def _tuned_key(tuned: Path | None, method: str, ev: dict) -> str:
     from mvp_vpg.pipeline import file_hash
     parts = [method, json.dumps({k: v for k, v in ev.items() if k != 'seeds'}, sort_keys=True)]   # one folder per seed
-    if method != 'base':
-        parts += sorted(f'{p.relative_to(out)}:{file_hash(p)}' for p in (out / 'tuned').rglob('*.safetensors'))
+    if tuned is not None:
+        parts += sorted(f'{p.relative_to(tuned)}:{file_hash(p)}' for p in Path(tuned).rglob('*.safetensors'))
     return fingerprint(parts)
+
+def eval_guidance(ev: dict, vae):
+    "The sampler's guidance for an `eval` section: CFG at `cfg`, wrapped in VPG when `eval.vpg` is set."
+    from mvp_vpg.pipeline import guidance_from_spec
+    return guidance_from_spec({'cfg': ev['cfg'], **(ev['vpg'] or {})}, vae)
+
+def geneval_t2i(tuner: Tuner, vae, clip, tokenizer, ev: dict, out, seed: int, scorer_folder, guidance) -> dict:
+    "Toy GenEval of a text-to-image tuner: every category's prompts as text, scored by the shapes network."
+    from mvp_vpg import benchmarks as B
+    from mvp_vpg.evaluators import read_rgb
+    from mvp_vpg.toy_clip import encode_texts
+    items = shapes.geneval_prompts(0, ev['geneval_per_category'])
+    n = ev['geneval_per_prompt']
+    flat = sample_t2i_to_folder(tuner.var, vae, tuner.adapter, encode_texts(clip, tokenizer, [it['prompt'] for it in items for _ in range(n)]),
+                                Path(out) / 'flat', seed, ev['batch_size'], guidance, tuner.prompt, top_k=ev['top_k'], top_p=ev['top_p'],
+                                mode=ev['mode'], desc=f'geneval t2i seed {seed}')
+    files = sorted(flat.glob('*.png'))
+    lay = B.write_geneval(Path(out) / 'geneval', [B.toy_geneval_metadata(it) for it in items],
+                          [[read_rgb(f) for f in files[k * n:(k + 1) * n]] for k in range(len(items))])
+    res = B.parse_geneval_results(B.evaluate_geneval_toy(lay, scorer_folder, Path(out) / 'results.jsonl'))
+    return {f'geneval_{k}': v for k, v in res.items() if not k.startswith('n_')}
 
 def sample_t2i_to_folder(var, vae, adapter, text_emb, out, seed: int, batch_size: int = 100, guidance=None, prompt=None,
                          desc='t2i sampling', **kw) -> Path:
@@ -639,8 +694,9 @@ def sample_t2i_to_folder(var, vae, adapter, text_emb, out, seed: int, batch_size
     return out
 
 def evaluate_tuned(tuner: Tuner | None, var: VAR, vae, cfg: dict, data_params: dict, out, scorer_folder,
-                   clip=None, tokenizer=None, method: str | None = None, extra: dict | None = None) -> dict:
-    "Sample and score (see above) into `out/samples/seed*/` and `out/eval.json`; `tuner=None` evaluates the bare `var` (base)."
+                   clip=None, tokenizer=None, method: str | None = None, extra: dict | None = None, tuned_dir=None) -> dict:
+    """Sample and score (see above) into `out/samples/seed*/` and `out/eval.json`; `tuner=None` evaluates the bare `var` (base).
+    `tuned_dir` is where the tuner's artefacts lie (default `out/tuned`): samples are redrawn when they change."""
     from mvp_vpg.pipeline import sample_to_folder, aggregate, write_json
     from mvp_vpg.scorer import fidelity_metrics, class_accuracy, load_image_folder, load_scorer
     from mvp_vpg.toy_clip import clip_score
@@ -649,9 +705,9 @@ def evaluate_tuned(tuner: Tuner | None, var: VAR, vae, cfg: dict, data_params: d
     task = tuner.task if tuner is not None else 'c2i'
     scorer = load_scorer(scorer_folder)
     ref = tuning_split(cfg, data_params, 'test')[0]
-    g = CFG(ev['cfg'])
+    g = eval_guidance(ev, vae)
     prompt = tuner.prompt if tuner is not None else None
-    key = _tuned_key(out, method, ev)
+    key = _tuned_key(None if tuner is None else Path(tuned_dir or out / 'tuned'), method, ev)
     per_seed = []
     if task == 't2i':
         n = ev['n_per_class'] * var.num_classes
@@ -674,14 +730,17 @@ def evaluate_tuned(tuner: Tuner | None, var: VAR, vae, cfg: dict, data_params: d
         m['class_accuracy'] = class_accuracy(imgs, vl, scorer)
         m.update(target_match(imgs, cfg['data'], scorer))
         if task == 't2i': m['clip_score_caption'] = clip_score(clip, tokenizer, imgs, caps)
+        if task == 't2i' and ev['geneval_per_category']:
+            m.update(geneval_t2i(tuner, vae, clip, tokenizer, ev, _samples_dir(out / 'geneval' / f'seed{seed}', key), seed, scorer_folder, g))
         per_seed.append(m)
-    res = dict(method=method, task=task, n_per_seed=len(vl), seeds=list(ev['seeds']), sampler={k: ev[k] for k in ('cfg', 'top_k', 'top_p', 'mode')},
+    res = dict(method=method, task=task, n_per_seed=len(vl), seeds=list(ev['seeds']), guidance=repr(g),
+               sampler={k: ev[k] for k in ('cfg', 'top_k', 'top_p', 'mode', 'vpg')},
                reference=dict(split='test', n_ref=len(ref), p_two=cfg['data']['p_two'], backgrounds=cfg['data']['backgrounds']),
                **(extra or {}), metrics=aggregate(per_seed))
     write_json(res, out / 'eval.json')
     return res
 
-# %% ../nbs/43_train_mvp.ipynb #e580ca14
+# %% ../nbs/43_train_mvp.ipynb #ba6f8879
 def _model_paths(params, a) -> dict:
     "Folders of the base VAR, VQVAE, CLIP and scorer: the profile's, unless given on the command line."
     from mvp_vpg.pipeline import active_profile, is_toy, MissingAsset
@@ -703,8 +762,15 @@ def run(params: dict, a) -> dict:
     "Train (and/or evaluate) one method as the CLI arguments `a` ask."
     from mvp_vpg.checkpoints import load_var, load_vqvae
     from mvp_vpg.toy_clip import load_toy_clip
+    params = run_params(params, a.run)
     cfg = mvp_section(params, method=a.method, task=a.task, steps=a.steps)
     method, task = cfg['method'], cfg['task']
+    src = Path(cfg['tuned_from']) / 'tuned' if cfg['tuned_from'] else None
+    if src is not None:
+        if not (src / 'config.json').exists():
+            raise FileNotFoundError(f"mvp.tuned_from: {src} holds no tuned model (train that run first, e.g. dvc repro train_mvp@<run>)")
+        if not a.eval: raise ValueError("mvp.tuned_from only evaluates a finished run: pass --eval")
+        method, task = (lambda m: (m['method'], m['task']))(json.loads((src / 'config.json').read_text()))
     if method == 'qlora': check_qlora_available()
     if method == 'base' and task == 't2i': raise ValueError("the base model has no text adapter: evaluate t2i only after training one")
     if a.threads: torch.set_num_threads(a.threads)
@@ -718,7 +784,8 @@ def run(params: dict, a) -> dict:
     from mvp_vpg.pipeline import file_hash
     prov = {'base_var': str(paths['var']), 'base_var_sha256': file_hash(paths['var']), 'vae_sha256': file_hash(paths['vae'])}
     tuner = None
-    if method != 'base':
+    if src is not None: tuner = load_tuned(src, var, device)
+    elif method != 'base':
         use_clip = task == 't2i'
         data = make_tuning_data(vae, *tuning_split(cfg, dp, 'train'), clip if use_clip else None, tok)
         val = make_tuning_data(vae, *tuning_split(cfg, dp, 'val'), clip if use_clip else None, tok)
@@ -731,7 +798,8 @@ def run(params: dict, a) -> dict:
         if rank == 0: print(json.dumps({k: v for k, v in res.get('metrics', {}).items() if k != 'semantic'}, indent=1))
     if rank == 0:
         if a.eval:
-            ev = evaluate_tuned(tuner, var, vae, cfg, dp, out, paths['scorer'], clip, tok, method, extra=prov)
+            ev = evaluate_tuned(tuner, tuner.var if tuner else var, vae, cfg, dp, out, paths['scorer'], clip, tok, method,
+                                extra={**prov, 'run': a.run, 'tuned_from': cfg['tuned_from']}, tuned_dir=src)
             print(json.dumps(ev['metrics'], indent=1))
         if a.metrics:
             from mvp_vpg.pipeline import write_json
@@ -743,6 +811,7 @@ def run(params: dict, a) -> dict:
 def _parser():
     p = argparse.ArgumentParser(prog='python -m mvp_vpg.train_mvp', description='MVP prompt tuning and its baselines on a frozen VAR')
     p.add_argument('--params', type=Path, default=Path('params.yaml'))
+    p.add_argument('--run', default=None, help='a named run: dotted path to its mvp overrides in params, e.g. mvp_runs.prefilled')
     p.add_argument('--method', default=None, help=f"one of {METHODS}, or 'base' (no training; use with --eval). Default: mvp.method")
     p.add_argument('--task', default=None, choices=TASKS, help='c2i (class-to-image) or t2i (text-to-image). Default: mvp.task')
     p.add_argument('--out', type=Path, required=True)
