@@ -338,7 +338,7 @@ def stage_geneval_toy(params, variant: str = 'base', out_root='outputs/geneval_t
     from mvp_vpg import pipeline, shapes, generate as G
     name, prof = active_profile(params)
     if name != 'toy': raise ValueError(f"geneval-toy runs on the toy profile (active: {name!r}); use `geneval` with a real checkout")
-    cfg = {**GENEVAL_TOY_DEFAULTS, **(params.get('geneval_toy') or {})}
+    cfg = {**GENEVAL_TOY_DEFAULTS, **{k: v for k, v in (params.get('geneval_toy') or {}).items() if k != 'variants'}}   # variants: which stages run
     items = shapes.geneval_prompts(cfg['seed'], cfg['n_per_category'], cfg['categories'])
     n = int(cfg['n_per_prompt'])
     conds = [toy_prompt_label(it, k, j, cfg['seed']) for k, it in enumerate(items) for j in range(n)]
