@@ -19,7 +19,7 @@ from .sampling import sample
 # %% auto #0
 __all__ = ['image_ok', 'index_name', 'clean_stale_temps', 'class_conditions', 'prompt_conditions', 'batch_seed', 'n_batches',
            'shard_batches', 'shard_indices', 'var_sampler', 'generate_shard', 'dist_env', 'default_device',
-           'init_distributed', 'check_resume', 'generate', 'parse_args', 'main']
+           'init_distributed', 'check_resume', 'generate', 'parse_args', 'load_tuned_for_sampling', 'main']
 
 # %% ../nbs/50_generate.ipynb #8380ee31
 def image_ok(path) -> bool:
@@ -203,10 +203,23 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=None, help='default: the first of sample.seeds')
     p.add_argument('--batch-size', type=int, default=None, help='default: sample.batch_size (fixes the per-batch seeds)')
     p.add_argument('--classes', default=None, help='comma-separated class ids (default: all classes)')
+    p.add_argument('--tuned', default=None, help='a train_mvp run folder (or its tuned/): sample with its prompt / LoRA / weights')
     p.add_argument('--no-progress', action='store_true')
     p.add_argument('--max-batches', type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument('--hang-at-max', action='store_true', help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+def load_tuned_for_sampling(folder, var, device) -> tuple:
+    "(var, prompt, {artefact: sha256}) of a train_mvp run (`folder` or `folder/tuned`) on `var`; unchanged when `folder` is None."
+    if not folder: return var, None, None
+    from mvp_vpg.train_mvp import load_tuned
+    from mvp_vpg.pipeline import file_hash
+    f = Path(folder)
+    f = f / 'tuned' if (f / 'tuned' / 'config.json').exists() else f
+    if not (f / 'config.json').exists(): raise FileNotFoundError(f"--tuned {folder}: no tuned model there (train it with python -m mvp_vpg.train_mvp)")
+    t = load_tuned(f, var, device)
+    if t.task != 'c2i': raise ValueError(f"--tuned {folder} is a {t.task} model: this command draws class-conditional samples")
+    return t.var, t.prompt, {str(p.relative_to(f)): file_hash(p) for p in sorted(f.rglob('*.safetensors'))}
 
 def main(argv=None) -> int:
     from mvp_vpg import pipeline
@@ -219,6 +232,7 @@ def main(argv=None) -> int:
         dev = default_device(local)
         var, vae = pipeline.load_base_models(params, dev)
         var_p, vae_p = pipeline.base_model_paths(params)
+        var, prompt, tuned = load_tuned_for_sampling(a.tuned, var, dev)
     except (pipeline.MissingAsset, FileNotFoundError, ValueError) as e:
         print(f"generate: {e}", file=sys.stderr); return 2
     g = pipeline.guidance_from_spec(spec, vae)
@@ -228,11 +242,11 @@ def main(argv=None) -> int:
     classes = [int(c) for c in a.classes.split(',')] if a.classes else list(range(var.num_classes))
     settings = {'variant': a.variant, 'profile': pipeline.active_profile(params)[0], 'sampler': spec, 'guidance': repr(g),
                 'conditions': {'kind': 'class', 'classes': classes, 'n_per_class': n},
-                'var_sha256': pipeline.file_hash(var_p), 'vae_sha256': pipeline.file_hash(vae_p)}
-    info = {'var': str(var_p), 'vae': str(vae_p), 'device': torch.device(dev).type, 'torch': torch.__version__,
+                'var_sha256': pipeline.file_hash(var_p), 'vae_sha256': pipeline.file_hash(vae_p), 'tuned': tuned}
+    info = {'var': str(var_p), 'vae': str(vae_p), 'tuned_from': a.tuned, 'device': torch.device(dev).type, 'torch': torch.__version__,
             'mvp_vpg_command': ' '.join(sys.argv)}
     try:
-        man = generate(a.out, class_conditions(classes, n), var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode']),
+        man = generate(a.out, class_conditions(classes, n), var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode'], prompt),
                        seed, bs, settings, info, max_batches=a.max_batches, on_max='hang' if a.hang_at_max else 'stop',
                        progress=not a.no_progress)
     except ValueError as e:                      # e.g. resuming into a folder made with other settings

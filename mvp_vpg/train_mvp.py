@@ -25,14 +25,14 @@ from .toy_train import batch_indices, lr_at, fingerprint, tokenize, split_tokens
 from .sampling import CFG, NoGuidance, SampleOutput, sample
 
 # %% auto #0
-__all__ = ['METHODS', 'TASKS', 'DEFAULT_LR', 'MVP_DEFAULTS', 'deep_merge', 'run_overrides', 'run_params', 'mvp_section',
-           'method_lr', 'tuning_examples', 'TuningData', 'make_tuning_data', 'add_text_embeddings', 'tuning_split',
-           'TextAdapter', 'save_text_adapter', 'load_text_adapter', 'forward_cond', 'sample_t2i', 'QLoRAUnavailable',
-           'check_qlora_available', 'quantize_4bit_', 'add_lora', 'lora_state_dict', 'base_state_dict', 'Tuner',
-           'load_tuned', 'dist_info', 'init_distributed', 'allreduce_mean_', 'broadcast_', 'reset_peak_memory',
-           'peak_memory', 'open_live', 'save_state', 'load_state', 'read_state_meta', 'eval_ce', 'train_tuner',
-           'background_of', 'target_match', 'eval_guidance', 'geneval_t2i', 'sample_t2i_to_folder', 'evaluate_tuned',
-           'run', 'main']
+__all__ = ['METHODS', 'TASKS', 'DEFAULT_LR', 'MVP_DEFAULTS', 'IMAGE_SUFFIXES', 'deep_merge', 'run_overrides', 'run_params',
+           'mvp_section', 'method_lr', 'tuning_examples', 'TuningData', 'make_tuning_data', 'add_text_embeddings',
+           'tuning_split', 'TextAdapter', 'save_text_adapter', 'load_text_adapter', 'forward_cond', 'sample_t2i',
+           'QLoRAUnavailable', 'check_qlora_available', 'quantize_4bit_', 'add_lora', 'lora_state_dict',
+           'base_state_dict', 'Tuner', 'load_tuned', 'dist_info', 'init_distributed', 'allreduce_mean_', 'broadcast_',
+           'reset_peak_memory', 'peak_memory', 'open_live', 'save_state', 'load_state', 'read_state_meta', 'eval_ce',
+           'train_tuner', 'background_of', 'target_match', 'eval_guidance', 'geneval_t2i', 'sample_t2i_to_folder',
+           'evaluate_tuned', 'image_folder_files', 'load_square', 'read_captions', 'real_tuning_split', 'run', 'main']
 
 # %% ../nbs/43_train_mvp.ipynb #416c80f4
 METHODS = ('mvp', 'prefilled', 'lora', 'qlora', 'full')
@@ -741,12 +741,61 @@ def evaluate_tuned(tuner: Tuner | None, var: VAR, vae, cfg: dict, data_params: d
     return res
 
 # %% ../nbs/43_train_mvp.ipynb #ba6f8879
-def _model_paths(params, a) -> dict:
-    "Folders of the base VAR, VQVAE, CLIP and scorer: the profile's, unless given on the command line."
-    from mvp_vpg.pipeline import active_profile, is_toy, MissingAsset
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
+
+def image_folder_files(root, split: str) -> tuple[list, list]:
+    "([(path, class index)], class names) of `root/split/<class>/*` in sorted order."
+    d = Path(root) / split
+    if not d.is_dir(): raise FileNotFoundError(f"{d} is not a folder: a real profile's `data` needs {split}/<class>/<image> (ImageFolder layout)")
+    classes = sorted(p.name for p in d.iterdir() if p.is_dir())
+    files = [(f, c) for c, name in enumerate(classes) for f in sorted((d / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files: raise FileNotFoundError(f"no images under {d}/<class>/")
+    return files, classes
+
+def load_square(path, size: int) -> np.ndarray:
+    "uint8 (size, size, 3): RGB, shorter side resized to `size` (bicubic), centre crop."
+    from PIL import Image
+    im = Image.open(path).convert('RGB')
+    w, h = im.size; s = size / min(w, h)
+    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    w, h = im.size; l, t = (w - size) // 2, (h - size) // 2
+    return np.asarray(im.crop((l, t, l + size, t + size)))
+
+def read_captions(path) -> dict:
+    "{file stem: caption} from a captions JSONL (the `captions` stage's format)."
+    return {r['id']: r['caption'] for r in map(json.loads, Path(path).read_text().splitlines())} if Path(path).exists() else {}
+
+def real_tuning_split(root, cfg: dict, split: str, size: int, n: int | None = None, captions: dict | None = None,
+                      need_captions: bool = False, num_classes: int | None = None, seed: int = 0) -> tuple:
+    "(images, labels, records) of a real dataset folder for `split` (train / val), as `tuning_split` gives for the toy world."
+    from mvp_vpg.pipeline import photo_sentence, MissingAsset
+    has_val = (Path(root) / 'val').is_dir()
+    files, classes = image_folder_files(root, 'val' if split == 'val' and has_val else 'train')
+    if num_classes is not None and len(classes) > num_classes:
+        raise ValueError(f"{root} has {len(classes)} classes but the VAR has {num_classes} class embeddings")
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_tr, n = cfg['data']['n'], n or (cfg['data']['n'] if split == 'train' else cfg['data']['n_val'])
+    start = n_tr if split == 'val' and not has_val else 0
+    pick = [files[i] for i in order[start:start + n]]
+    if len(pick) < n: raise ValueError(f"{root}: only {len(pick)} {split} images from index {start}, mvp.data asks for {n}")
+    caps = captions or {}
+    missing = [f.stem for f, _ in pick if f.stem not in caps]
+    if need_captions and missing:
+        raise MissingAsset(f"{len(missing)} of {len(pick)} {split} images have no caption (e.g. {missing[0]}): run the captions "
+                           "stage on this profile (`dvc repro captions`, BLIP-2 from profiles.<name>.blip2)")
+    recs = [{'id': f.stem, 'class_name': classes[c], 'sentence': photo_sentence(classes[c]),
+             'caption': caps.get(f.stem, photo_sentence(classes[c]))} for f, c in pick]
+    images = np.stack([load_square(f, size) for f, _ in tqdm(pick, desc=f'reading {split} images', mininterval=5)])
+    return images, np.asarray([c for _, c in pick], np.int64), recs
+
+# %% ../nbs/43_train_mvp.ipynb #c79234f1
+def _model_paths(params, a, need_clip: bool = True) -> dict:
+    "Files of the base VAR, VQVAE, CLIP, scorer (and data): the profile's, unless given on the command line."
+    from mvp_vpg.pipeline import active_profile, is_toy, require_path
     if not is_toy(params):
-        raise MissingAsset("MVP tuning on a real profile needs a loader for its images + BLIP-2 captions into TuningData "
-                           "(tokens, labels, sentences, captions); only the toy Shapes world is wired to the CLI so far")
+        paths = {k: Path(getattr(a, k)) if getattr(a, k) else require_path(params, k) for k in ('var', 'vae', 'data')}
+        paths['clip'] = (Path(a.clip) if a.clip else require_path(params, 'clip')) if need_clip else None
+        return paths
     root = Path(active_profile(params)[1].get('checkpoints', 'data/toy'))
     paths = {k: Path(getattr(a, k)) if getattr(a, k) else root / sub
              for k, sub in (('var', 'var'), ('vae', 'vqvae'), ('clip', 'clip'), ('scorer', 'scorer'))}
@@ -775,11 +824,24 @@ def run(params: dict, a) -> dict:
     if method == 'base' and task == 't2i': raise ValueError("the base model has no text adapter: evaluate t2i only after training one")
     if a.threads: torch.set_num_threads(a.threads)
     rank, world, device = init_distributed(a.device)
-    paths = _model_paths(params, a)
+    from mvp_vpg.pipeline import is_toy, active_profile
+    toy = is_toy(params)
+    semantic_on = cfg['lambda_sen'] > 0 or cfg['lambda_cap'] > 0
+    paths = _model_paths(params, a, need_clip=toy or semantic_on or task == 't2i')
     var = load_var(paths['var'], device=device)
     vae = load_vqvae(paths['vae'], patch_nums=var.patch_nums, device=device).eval()
-    clip, _, tok = load_toy_clip(paths['clip'], device=device)
+    if toy: clip, _, tok = load_toy_clip(paths['clip'], device=device)
+    elif paths['clip'] is not None:
+        from mvp_vpg.evaluators import load_clip
+        clip, tok = load_clip(paths['clip'], active_profile(params)[1].get('clip_model') or None, device=device)
+    else: clip = tok = None
     dp = params.get('data', {})
+    def split(name):
+        if toy: return tuning_split(cfg, dp, name)
+        caps = read_captions(Path(a.captions))
+        return real_tuning_split(paths['data'], cfg, name, vae.cfg.resolution, captions=caps,
+                                 need_captions=name == 'train' and (cfg['lambda_cap'] > 0 or task == 't2i'),
+                                 num_classes=var.num_classes, seed=cfg['seed'])
     out, res = Path(a.out), {}
     from mvp_vpg.pipeline import file_hash
     prov = {'base_var': str(paths['var']), 'base_var_sha256': file_hash(paths['var']), 'vae_sha256': file_hash(paths['vae'])}
@@ -787,17 +849,20 @@ def run(params: dict, a) -> dict:
     if src is not None: tuner = load_tuned(src, var, device)
     elif method != 'base':
         use_clip = task == 't2i'
-        data = make_tuning_data(vae, *tuning_split(cfg, dp, 'train'), clip if use_clip else None, tok)
-        val = make_tuning_data(vae, *tuning_split(cfg, dp, 'val'), clip if use_clip else None, tok)
+        data = make_tuning_data(vae, *split('train'), clip if use_clip else None, tok)
+        val = make_tuning_data(vae, *split('val'), clip if use_clip else None, tok)
         tuner = Tuner(var, method, task, cfg, text_dim=data.caption_emb.shape[1] if use_clip else None)
         sem = None
-        if cfg['lambda_sen'] > 0 or cfg['lambda_cap'] > 0:
+        if semantic_on:
             sem = SemanticRefinement(vae, clip, tok, cfg['beta'], cfg['lambda_sen'], cfg['lambda_cap'], cfg['temperature'],
                                      cfg['soft'], cfg['checkpoint_decoder'])
         res = train_tuner(tuner, vae, data, cfg, out, semantic=sem, val=val, progress=not a.quiet, extra=prov)
         if rank == 0: print(json.dumps({k: v for k, v in res.get('metrics', {}).items() if k != 'semantic'}, indent=1))
     if rank == 0:
-        if a.eval:
+        if a.eval and not toy:
+            print("train_mvp: --eval skipped: a real-profile run is evaluated at paper scale by real/dvc.yaml "
+                  "(generate_tuned@<name> with real_eval.tuned.<name>.run = this folder, then adm / fid)", file=sys.stderr)
+        elif a.eval:
             ev = evaluate_tuned(tuner, tuner.var if tuner else var, vae, cfg, dp, out, paths['scorer'], clip, tok, method,
                                 extra={**prov, 'run': a.run, 'tuned_from': cfg['tuned_from']}, tuned_dir=src)
             print(json.dumps(ev['metrics'], indent=1))
@@ -821,7 +886,8 @@ def _parser():
     p.add_argument('--device', default=None)
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads per process')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
-    for k in ('var', 'vae', 'clip', 'scorer'): p.add_argument(f'--{k}', default=None, help=f'{k} model folder (default: the profile)')
+    for k in ('var', 'vae', 'clip', 'scorer', 'data'): p.add_argument(f'--{k}', default=None, help=f'{k} path (default: the profile)')
+    p.add_argument('--captions', default='data/captions/train.jsonl', help='BLIP-2 captions of a real dataset (the captions stage)')
     return p
 
 def main(argv=None):
