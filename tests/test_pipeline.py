@@ -68,6 +68,7 @@ def test_captions_jsonl_format(repo):
 def test_second_repro_is_a_no_op(repo):
     out = _run(['dvc', 'status', 'dvc.yaml'], repo).stdout
     assert 'changed' not in out, out
+    assert not (repo / 'outputs' / 'real').exists()   # the default repro never enters real/dvc.yaml
 
 def test_real_profile_stops_naming_the_missing_path(repo):
     p = yaml.safe_load((repo / 'params.yaml').read_text()); p['profile'] = 'imagenet256_d16'
@@ -107,6 +108,6 @@ def test_real_pipeline_runs_until_an_asset_is_missing(repo):
     out = r.stdout + r.stderr
     assert r.returncode != 0
     for key in ('profiles.imagenet256_d16.var', 'profiles.imagenet256_d16.geneval', 'profiles.imagenet256_d16.dpg_bench',
-                'profiles.imagenet256_d16.vbench'):
+                'profiles.imagenet256_d16.vbench', 'profiles.imagenet256_d16.clip'):
         assert key in out, (key, out[-3000:])
-    assert not list((repo / 'metrics').glob('real/**/*.json'))   # nothing half-written looks complete
+    assert not list((repo / 'real').glob('metrics/**/*.json'))   # nothing half-written looks complete
