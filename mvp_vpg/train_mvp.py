@@ -767,15 +767,14 @@ def read_captions(path) -> dict:
 
 def real_tuning_split(root, cfg: dict, split: str, size: int, n: int | None = None, captions: dict | None = None,
                       need_captions: bool = False, num_classes: int | None = None, seed: int = 0) -> tuple:
-    "(images, labels, records) of a real dataset folder for `split` (train / val), as `tuning_split` gives for the toy world."
+    "(images, labels, records) of `root/train` for `split` (train: the first `data.n` in a seeded order, val: the next `n_val`)."
     from mvp_vpg.pipeline import photo_sentence, MissingAsset
-    has_val = (Path(root) / 'val').is_dir()
-    files, classes = image_folder_files(root, 'val' if split == 'val' and has_val else 'train')
+    files, classes = image_folder_files(root, 'train')
     if num_classes is not None and len(classes) > num_classes:
         raise ValueError(f"{root} has {len(classes)} classes but the VAR has {num_classes} class embeddings")
     order = np.random.default_rng(seed).permutation(len(files))
     n_tr, n = cfg['data']['n'], n or (cfg['data']['n'] if split == 'train' else cfg['data']['n_val'])
-    start = n_tr if split == 'val' and not has_val else 0
+    start = n_tr if split == 'val' else 0
     pick = [files[i] for i in order[start:start + n]]
     if len(pick) < n: raise ValueError(f"{root}: only {len(pick)} {split} images from index {start}, mvp.data asks for {n}")
     caps = captions or {}
@@ -783,8 +782,7 @@ def real_tuning_split(root, cfg: dict, split: str, size: int, n: int | None = No
     if need_captions and missing:
         raise MissingAsset(f"{len(missing)} of {len(pick)} {split} images have no caption (e.g. {missing[0]}): run the captions "
                            "stage on this profile (`dvc repro captions`, BLIP-2 from profiles.<name>.blip2)")
-    recs = [{'id': f.stem, 'class_name': classes[c], 'sentence': photo_sentence(classes[c]),
-             'caption': caps.get(f.stem, photo_sentence(classes[c]))} for f, c in pick]
+    recs = [{'id': f.stem, 'class_name': classes[c], 'sentence': photo_sentence(classes[c]), 'caption': caps.get(f.stem)} for f, c in pick]
     images = np.stack([load_square(f, size) for f, _ in tqdm(pick, desc=f'reading {split} images', mininterval=5)])
     return images, np.asarray([c for _, c in pick], np.int64), recs
 
@@ -840,7 +838,7 @@ def run(params: dict, a) -> dict:
         if toy: return tuning_split(cfg, dp, name)
         caps = read_captions(Path(a.captions))
         return real_tuning_split(paths['data'], cfg, name, vae.cfg.resolution, captions=caps,
-                                 need_captions=name == 'train' and (cfg['lambda_cap'] > 0 or task == 't2i'),
+                                 need_captions=task == 't2i' or (name == 'train' and cfg['lambda_cap'] > 0),
                                  num_classes=var.num_classes, seed=cfg['seed'])
     out, res = Path(a.out), {}
     from mvp_vpg.pipeline import file_hash
