@@ -301,6 +301,7 @@ class Tuner:
         if method == 'mvp': self.prompt = MultiScalePrompt.for_model(var, placement=cfg['placement'], **pkw).to(dev)
         elif method == 'prefilled': self.prompt = PrefilledPrompt.for_model(var, **pkw).to(dev)
         elif method in ('lora', 'qlora'):
+            torch.manual_seed(cfg['seed'])   # peft draws lora_A from the global generator: seed it, as for the t2i adapter
             self.lora = add_lora(var, cfg['lora_rank'], cfg['lora_alpha'], cfg['lora_dropout'], cfg['lora_targets'], quantize=method == 'qlora')
         if task == 't2i':
             if text_dim is None: raise ValueError("task t2i needs text_dim (the CLIP text embedding size)")
