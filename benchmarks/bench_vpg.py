@@ -1,10 +1,15 @@
 """Sampling latency and peak memory of CFG-only vs CFG+VPG (all scales per_scale / per_step, semantic-only scheduled)
-with the overhead ratio against CFG-only measured in the same run. Random weights, official architecture.
+with the overhead ratio against CFG-only measured in the same run (VPG paper App. B.2).
 
-    python benchmarks/bench_vpg.py --depth 16 --batch-size 16                     # GPU when available
-    python benchmarks/bench_vpg.py --depth 2 --tiny --batch-size 4 --repeats 2    # CPU, toy size
+    python benchmarks/bench_vpg.py --depth 16 --batch-size 16                     # random weights, GPU when available
+    python benchmarks/bench_vpg.py --depth 2 --tiny --batch-size 4 --repeats 2    # random weights, CPU, toy size
+    python benchmarks/bench_vpg.py --toy data/toy --json metrics/bench/vpg_latency.json   # the committed toy models (dvc stage)
+
+On CPU every setting runs in a fresh subprocess, so its peak RSS is its own (the high-water mark of one process never
+goes down); on CUDA the peak allocated memory is reset between settings.
 """
-import argparse, resource, time
+import argparse, json, os, resource, subprocess, sys, time
+from pathlib import Path
 import torch
 from mvp_vpg.var import VAR, VARConfig
 from mvp_vpg.vqvae import VQVAE, VQVAEConfig
@@ -12,7 +17,7 @@ from mvp_vpg.sampling import sample, CFG
 from mvp_vpg.vpg import VPG
 
 
-def settings(args):
+def settings(args) -> dict:
     base = CFG(args.cfg)
     return {
         'CFG only': base,
@@ -22,7 +27,23 @@ def settings(args):
     }
 
 
-def run(var, vae, g, B, args, dev):
+def models(args, dev):
+    "(var, vae, description): the committed toy models (`--toy`) or random weights of the official architecture."
+    if args.toy:
+        from mvp_vpg.checkpoints import load_var, load_vqvae
+        var = load_var(Path(args.toy) / 'var', device=dev).eval()
+        return var, load_vqvae(Path(args.toy) / 'vqvae', patch_nums=var.patch_nums, device=dev).eval(), f'toy VAR ({args.toy})'
+    torch.manual_seed(0)
+    pns = (1, 2, 3, 4, 5, 6, 8) if args.tiny else (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    with dev:
+        var = VAR(VARConfig(depth=args.depth, patch_nums=pns, **({'num_classes': 12, 'vocab_size': 512, 'z_channels': 16} if args.tiny else {}))).eval()
+        vcfg = VQVAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2, 2), patch_nums=pns) if args.tiny else VQVAEConfig()
+        vae = VQVAE(vcfg).eval()
+    return var, vae, f'VAR-d{args.depth} (random weights)'
+
+
+def run(var, vae, g, B, args, dev) -> tuple[float, float]:
+    "(seconds per batch, peak MB) of `args.repeats` timed batches after one warm-up."
     labels = torch.arange(B, device=dev) % var.num_classes
     kw = dict(guidance=g, top_k=args.top_k, top_p=args.top_p, mode=args.mode)
     sample(var, vae, labels, seed=0, **kw)  # warm-up
@@ -35,10 +56,18 @@ def run(var, vae, g, B, args, dev):
     return dt, mem
 
 
-def main():
+def measure_isolated(label: str, argv: list[str]) -> tuple[float, float]:
+    "Run one setting in a fresh process (its own peak RSS) and read back its (s/batch, MB)."
+    out = subprocess.run([sys.executable, __file__, *argv, '--only', label], check=True, capture_output=True, text=True).stdout
+    row = json.loads(out.strip().splitlines()[-1])
+    return row['s_per_batch'], row['peak_mb']
+
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--depth', type=int, default=16)
-    p.add_argument('--tiny', action='store_true', help='toy pyramid (1,2,3,4,5,6,8) and a ch=32 tokenizer')
+    p.add_argument('--tiny', action='store_true', help='toy pyramid (1,2,3,4,5,6,8) and a ch=32 tokenizer (random weights)')
+    p.add_argument('--toy', default=None, help='folder with the committed toy models (var/, vqvae/) instead of random weights')
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--cfg', type=float, default=1.5)
     p.add_argument('--lam', type=float, default=1.0)
@@ -48,26 +77,43 @@ def main():
     p.add_argument('--top-p', type=float, default=0.96)
     p.add_argument('--mode', default='fast', choices=['reference', 'fast'])
     p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    args = p.parse_args()
+    p.add_argument('--json', default=None, help='also write the table as JSON (atomically) to this path')
+    p.add_argument('--only', default=None, help=argparse.SUPPRESS)   # internal: one setting, print its row as JSON
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.threads: torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    torch.manual_seed(0)
-    pns = (1, 2, 3, 4, 5, 6, 8) if args.tiny else (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-    with dev:
-        var = VAR(VARConfig(depth=args.depth, patch_nums=pns, **({'num_classes': 12, 'vocab_size': 512, 'z_channels': 16} if args.tiny else {}))).eval()
-        vcfg = VQVAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2, 2), patch_nums=pns) if args.tiny else VQVAEConfig()
-        vae = VQVAE(vcfg).eval()
+    var, vae, what = models(args, dev)
+    gs = settings(args)
+    if args.only is not None:
+        dt, mb = run(var, vae, gs[args.only], args.batch_size, args, dev)
+        print(json.dumps({'s_per_batch': dt, 'peak_mb': mb})); return
     name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
-    print(f"VAR-d{args.depth}, patch_nums {pns}, batch {args.batch_size}, cfg {args.cfg}, VPG lam {args.lam} p {args.p}, "
-          f"mode {args.mode}, {args.repeats} timed runs, torch {torch.__version__}, {name}")
-    mem = 'peak alloc MB' if dev.type == 'cuda' else 'peak RSS MB'
+    header = (f"{what}, patch_nums {tuple(var.patch_nums)}, batch {args.batch_size}, cfg {args.cfg}, VPG lam {args.lam} p {args.p}, "
+              f"mode {args.mode}, {args.repeats} timed runs, torch {torch.__version__}, {name}")
+    print(header)
+    mem = 'peak alloc MB' if dev.type == 'cuda' else 'peak RSS MB (own process)'
     print(f"| setting | s/batch | images/s | {mem} | latency vs CFG only |")
     print("|---|---:|---:|---:|---:|")
-    base = None
-    for label, g in settings(args).items():
-        dt, mb = run(var, vae, g, args.batch_size, args, dev)
+    rows, base = [], None
+    for label, g in gs.items():
+        dt, mb = run(var, vae, g, args.batch_size, args, dev) if dev.type == 'cuda' else measure_isolated(label, argv)
         base = base or dt
+        rows.append({'setting': label, 'guidance': repr(g), 's_per_batch': dt, 'images_per_s': args.batch_size / dt,
+                     'peak_mb': mb, 'latency_ratio': dt / base})
         print(f"| {label} | {dt:.3f} | {args.batch_size / dt:.2f} | {mb:.0f} | {dt / base:.2f}x |", flush=True)
+    if args.json:
+        out = Path(args.json); out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f'.{out.name}.tmp{os.getpid()}')
+        tmp.write_text(json.dumps({'setup': header, 'device': dev.type, 'memory': mem, 'batch_size': args.batch_size,
+                                   'repeats': args.repeats, 'rows': rows}, indent=1))
+        os.replace(tmp, out)
 
 
 if __name__ == '__main__':

@@ -16,13 +16,15 @@ from .pipeline import MissingAsset, active_profile, write_json, load_params
 from .evaluators import need_path, profile_asset, read_rgb
 
 # %% auto #0
-__all__ = ['BENCH_ASSETS', 'GENEVAL_TASKS', 'VBENCH_NORM', 'VBENCH_WEIGHT', 'VBENCH_QUALITY', 'VBENCH_SEMANTIC',
-           'VBENCH_DIMENSIONS', 'GENEVAL_TOY_DEFAULTS', 'read_jsonl', 'geneval_name', 'write_geneval_metadata',
-           'write_geneval', 'geneval_layout', 'parse_geneval_results', 'parse_geneval_summary', 'run_geneval',
-           'toy_geneval_metadata', 'toy_prompt_label', 'evaluate_geneval_toy', 'read_dpg_prompts', 'tile_2x2',
-           'write_dpg', 'dpg_from_folder', 'dpg_crops', 'parse_dpg_results', 'run_dpg', 'read_vbench_info',
-           'vbench_prompts', 'vbench_video_name', 'encode_mp4', 'write_vbench_video', 'missing_vbench_videos',
-           'parse_vbench_results', 'vbench_scores', 'run_vbench', 'stage_geneval_toy', 'main']
+__all__ = ['BENCH_ASSETS', 'GENEVAL_TASKS', 'DPG_TOY_DEFAULTS', 'DPG_CSV_COLUMNS', 'VBENCH_NORM', 'VBENCH_WEIGHT',
+           'VBENCH_QUALITY', 'VBENCH_SEMANTIC', 'VBENCH_DIMENSIONS', 'GENEVAL_TOY_DEFAULTS', 'read_jsonl',
+           'geneval_name', 'write_geneval_metadata', 'write_geneval', 'geneval_layout', 'parse_geneval_results',
+           'parse_geneval_summary', 'run_geneval', 'toy_geneval_metadata', 'toy_prompt_label', 'evaluate_geneval_toy',
+           'read_dpg_prompts', 'tile_2x2', 'write_dpg', 'dpg_from_folder', 'dpg_crops', 'parse_dpg_results', 'run_dpg',
+           'toy_dpg_questions', 'toy_dpg_prompt_set', 'write_dpg_prompt_set', 'background_of_tile', 'toy_vqa',
+           'score_dpg_tile', 'evaluate_dpg_toy', 'read_vbench_info', 'vbench_prompts', 'vbench_video_name',
+           'encode_mp4', 'write_vbench_video', 'missing_vbench_videos', 'parse_vbench_results', 'vbench_scores',
+           'run_vbench', 'stage_geneval_toy', 'stage_dpg_toy', 'main']
 
 # %% ../nbs/52_benchmarks.ipynb #9edb17a3
 BENCH_ASSETS = {
@@ -240,6 +242,114 @@ def run_dpg(ella_root, image_dir, resolution: int, processes: int = 1, pic_num: 
     _run(['bash', 'dpg_bench/dist_eval.sh', img, str(int(resolution))], cwd=root, env=env, timeout=timeout)
     return parse_dpg_results(_newest(str(img / 'dpg-bench_*_results.txt'), exclude='_detail.txt'))
 
+# %% ../nbs/52_benchmarks.ipynb #939ae6de
+DPG_TOY_DEFAULTS = {'n_prompts': 48, 'p_two': 1.0, 'seed': 0, 'split': 'test'}
+DPG_CSV_COLUMNS = ('item_id', 'proposition_id', 'dependency', 'category_broad', 'category_detailed', 'tuple', 'question_natural_language')
+
+def _rel_signs(a, b) -> tuple: return (int(np.sign(a['row'] - b['row'])), int(np.sign(a['col'] - b['col'])))
+
+def toy_dpg_questions(item_id: str, rec: dict) -> list[dict]:
+    "DPG-style propositions of one Shapes record (dpg_bench.csv columns + `check`, the toy VQA's ground truth)."
+    from mvp_vpg.shapes import position_phrase
+    att, rows = rec['attributes'], []
+    def add(broad, detailed, tup, q, check, deps=()):
+        rows.append({'item_id': item_id, 'proposition_id': str(len(rows) + 1), 'dependency': ','.join(map(str, deps)) or '0',
+                     'category_broad': broad, 'category_detailed': detailed, 'tuple': tup, 'question_natural_language': q,
+                     'check': check})
+        return len(rows)
+    ent = {}
+    for o in att['objects']:
+        s, c = o['shape'], o['color']
+        if s not in ent: ent[s] = add('entity', 'whole', f'entity - whole ({s})', f'is there a {s}?', {'shape': s})
+        col = add('attribute', 'color', f'attribute - color ({s}, {c})', f'is the {s} {c}?', {'shape': s, 'color': c}, [ent[s]])
+        add('attribute', 'location', f"attribute - location ({c} {s}, {o['position']})", f"is the {c} {s} {position_phrase(o['row'], o['col'])}?",
+            {'shape': s, 'color': c, 'row': o['row'], 'col': o['col']}, [col])
+    for r in att['relations']:
+        a, b = att['objects'][r['subject']], att['objects'][r['reference']]
+        if (a['shape'], a['color']) == (b['shape'], b['color']): continue      # the caption leaves these out too
+        A, B = f"{a['color']} {a['shape']}", f"{b['color']} {b['shape']}"
+        add('relation', 'spatial', f"relation - spatial ({A}, {B}, {r['relation']})", f"is the {A} {r['relation']} the {B}?",
+            {'a': {'shape': a['shape'], 'color': a['color']}, 'b': {'shape': b['shape'], 'color': b['color']}, 'signs': list(_rel_signs(a, b))},
+            sorted({ent[a['shape']], ent[b['shape']]}))
+    add('global', 'background', f"global - background ({att['background']})", f"is the background {att['background']}?",
+        {'background': att['background']})
+    return rows
+
+def toy_dpg_prompt_set(n_prompts: int = 48, seed: int = 0, p_two: float = 1.0, split: str = 'test') -> tuple[list[str], list[str], list[dict]]:
+    "(names, prompts, questions) of the toy DPG-Bench: captions of `split` scenes; names without dots, as DPG-Bench needs."
+    from mvp_vpg.shapes import build_split
+    _, _, recs = build_split(split, n_prompts, seed=seed, p_two=p_two)
+    names = [f'shapes{k:04d}' for k in range(n_prompts)]
+    return names, [r['caption'] for r in recs], [q for nm, r in zip(names, recs) for q in toy_dpg_questions(nm, r)]
+
+def write_dpg_prompt_set(root, names, prompts, questions) -> Path:
+    "`<root>/prompts/<name>.txt` and `<root>/dpg_bench.csv` (DPG-Bench's files; the csv gains a `check` column for the toy VQA)."
+    import csv, io
+    root = Path(root)
+    for n, t in zip(names, prompts): _check_dpg_name(n); _atomic_text(root / 'prompts' / f'{n}.txt', t + '\n')
+    buf = io.StringIO(); w = csv.DictWriter(buf, fieldnames=[*DPG_CSV_COLUMNS, 'check'])
+    w.writeheader(); w.writerows({**q, 'check': json.dumps(q['check'])} for q in questions)
+    _atomic_text(root / 'dpg_bench.csv', buf.getvalue())
+    return root
+
+def background_of_tile(tile: np.ndarray) -> str:
+    "The Shapes background whose colour is nearest to the median of the tile's one-pixel border."
+    from mvp_vpg.shapes import BACKGROUNDS
+    t = np.asarray(tile, dtype=float)
+    border = np.concatenate([t[0], t[-1], t[:, 0], t[:, -1]])
+    med = np.median(border, axis=0)
+    return min(BACKGROUNDS, key=lambda b: float(np.sum((med - np.asarray(BACKGROUNDS[b])) ** 2)))
+
+def toy_vqa(check: dict, objects: list, background: str) -> bool:
+    "The toy VQA model's yes/no for one proposition, from a tile's detected objects and background."
+    def has(**kw): return [o for o in objects if all(o[k] == v for k, v in kw.items())]
+    if 'background' in check: return background == check['background']
+    if 'signs' in check:
+        return any(list(_rel_signs(a, b)) == check['signs'] for a in has(**check['a']) for b in has(**check['b']))
+    return bool(has(**check))
+
+def score_dpg_tile(questions: list[dict], objects: list, background: str) -> dict:
+    "DPG-Bench's rule on one tile: {proposition_id: 0/1}, a question zeroed when any parent is 'no'."
+    ans = {q['proposition_id']: toy_vqa(q['check'] if isinstance(q['check'], dict) else json.loads(q['check']), objects, background)
+           for q in questions}
+    out = {}
+    for q in questions:        # parents come first (proposition ids are in dependency order)
+        deps = [d for d in q['dependency'].split(',') if d != '0']
+        out[q['proposition_id']] = float(ans[q['proposition_id']] and all(out.get(d, 0.0) == 1.0 for d in deps))
+    return out
+
+def evaluate_dpg_toy(image_dir, prompt_root, scorer, resolution: int, model_name: str = 'toy', stamp: str | None = None) -> Path:
+    "DPG-Bench's evaluation for the Shapes world: crops, toy VQA, dependency rule; writes the results .txt in DPG's format."
+    import csv, datetime
+    from mvp_vpg.scorer import detect_objects
+    img_dir = Path(image_dir)
+    qs = {}
+    with open(Path(prompt_root) / 'dpg_bench.csv', newline='') as f:
+        for q in csv.DictReader(f): qs.setdefault(q['item_id'], []).append(q)
+    files = sorted(p for p in img_dir.glob('*.png') if p.stem in qs)
+    if not files: raise FileNotFoundError(f"no DPG-Bench grids of the prompt set under {img_dir}")
+    tiles = [t for p in files for t in dpg_crops(read_rgb(p), resolution)]
+    dets = detect_objects(np.stack(tiles), scorer)
+    lines, l1, l2, means = [], {}, {}, []
+    for k, p in enumerate(files):
+        per_tile = []
+        for j in range(4):
+            s = score_dpg_tile(qs[p.stem], dets[4 * k + j], background_of_tile(tiles[4 * k + j]))
+            per_tile.append(float(np.mean(list(s.values()))))
+            for q in qs[p.stem]:
+                l1.setdefault(q['category_broad'], []).append(s[q['proposition_id']])
+                l2.setdefault(f"{q['category_broad']} - {q['category_detailed']}", []).append(s[q['proposition_id']])
+        means.append(float(np.mean(per_tile)))
+        lines.append(f"{p}, " + ', '.join(f'{v:.4f}' for v in per_tile) + f", {means[-1]:.4f}")
+    stamp = stamp or datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+    out = img_dir / f'dpg-bench_{stamp}_results.txt'
+    txt = '\n'.join(lines) + f"\nModel: {model_name}\nL1 category scores:\n" + ''.join(f"\t{c}: {100 * np.mean(v):.4f}\n" for c, v in sorted(l1.items()))
+    txt += "L2 category scores:\n" + ''.join(f"\t{c}: {100 * np.mean(v):.4f}\n" for c, v in sorted(l2.items()))
+    txt += f"Image path: {img_dir}\nSave results to: {out}\nDPG-Bench score: {100 * np.mean(means):.4f}\n"
+    _atomic_text(out, txt)
+    return out
+
+
 # %% ../nbs/52_benchmarks.ipynb #7f247048
 # (min, max) per dimension and weight, from VBench scripts/constant.py (NORMALIZE_DIC, DIM_WEIGHT)
 VBENCH_NORM = {
@@ -366,6 +476,38 @@ def stage_geneval_toy(params, variant: str = 'base', out_root='outputs/geneval_t
     write_json(res, Path(metrics_dir) / f'geneval_toy_{variant}.json')
     return res
 
+def stage_dpg_toy(params, name: str, run, variant: str = 'base', out_root='outputs/dpg_toy', metrics_dir='metrics/dpg_toy',
+                  progress: bool = True) -> dict | None:
+    "Toy DPG-Bench of a text-to-image `train_mvp` run: 2×2 grids through `generate` (layout dpg), toy VQA, DPG's result file."
+    from mvp_vpg import pipeline, generate as G
+    pname, prof = active_profile(params)
+    if pname != 'toy': raise ValueError(f"dpg-toy runs on the toy profile (active: {pname!r}); use `dpg` with an ELLA checkout")
+    cfg = {**DPG_TOY_DEFAULTS, **{k: v for k, v in (params.get('dpg_toy') or {}).items() if k != 'runs'}}   # runs: which stages run
+    names, prompts, questions = toy_dpg_prompt_set(cfg['n_prompts'], cfg['seed'], cfg['p_two'], cfg['split'])
+    out = Path(out_root) / name
+    s, spec = params['sample'], pipeline.variant_spec(params, variant)
+    rank, world, local = G.dist_env()
+    dev = G.default_device(local)
+    var, vae = pipeline.load_base_models(params, dev)
+    var, prompt, tuned, adapter = G.load_tuned_for_sampling(run, var, dev, 't2i')
+    g = pipeline.guidance_from_spec(spec, vae)
+    sampler = G.t2i_sampler(var, vae, adapter, G.profile_text_encoder(params, dev, adapter.text_dim), g, spec['top_k'], spec['top_p'],
+                            spec['mode'], prompt)
+    settings = {'run': str(run), 'variant': variant, 'sampler': spec, 'guidance': repr(g), 'dpg_toy': cfg, 'tuned': tuned,
+                'conditions': {'kind': 'prompt', 'n_prompts': len(prompts), 'n_per_prompt': 4, 'layout': 'dpg'}}
+    man = G.generate(G.tiles_dir(out), G.prompt_conditions(prompts, 4), sampler, s['seeds'][0], s['batch_size'], settings,
+                     {'run': str(run)}, progress=progress)
+    if rank != 0: return None
+    if not man['complete']: raise RuntimeError(f"{out}: generation incomplete ({man['n_missing']} missing); run again to resume")
+    G.finish_layout(out, 'dpg', prompts, None, names, 4)
+    root = write_dpg_prompt_set(out.with_name(name + '.prompts'), names, prompts, questions)
+    side = read_rgb(G.tiles_dir(out) / G.index_name(0)).shape[0]
+    res = parse_dpg_results(evaluate_dpg_toy(out, root, Path(prof.get('checkpoints', 'data/toy')) / 'scorer', side, model_name=name))
+    res = {**res, 'name': name, 'run': str(run), 'variant': variant, 'guidance': repr(g), 'n_questions': len(questions),
+           'tool': 'toy DPG-Bench (shapes network as VQA + DPG-Bench dependency scoring)'}
+    write_json(res, Path(metrics_dir) / f'dpg_toy_{name}.json')
+    return res
+
 def _bench_python(params) -> str: return active_profile(params)[1].get('bench_python') or 'python'
 
 def main(argv=None) -> int:
@@ -373,18 +515,25 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest='command', required=True)
     t = sub.add_parser('geneval-toy'); t.add_argument('--variant', default='base'); t.add_argument('--out', default='outputs/geneval_toy')
     t.add_argument('--metrics', default='metrics'); t.add_argument('--no-progress', action='store_true')
+    dt = sub.add_parser('dpg-toy'); dt.add_argument('--name', required=True); dt.add_argument('--run', required=True, help='a t2i train_mvp run folder')
+    dt.add_argument('--variant', default='base'); dt.add_argument('--out', default='outputs/dpg_toy'); dt.add_argument('--metrics', default='metrics/dpg_toy')
+    dt.add_argument('--no-progress', action='store_true')
     g = sub.add_parser('geneval'); g.add_argument('--images', required=True)
     dp = sub.add_parser('dpg'); dp.add_argument('--images', required=True); dp.add_argument('--resolution', type=int, required=True)
     dp.add_argument('--processes', type=int, default=1)
     v = sub.add_parser('vbench'); v.add_argument('--videos', required=True); v.add_argument('--dimensions', nargs='+', default=list(VBENCH_DIMENSIONS))
     v.add_argument('--mode', default='vbench_standard')
-    for s in (t, g, dp, v): s.add_argument('--params', default='params.yaml')
+    for s in (t, dt, g, dp, v): s.add_argument('--params', default='params.yaml')
     for s in (g, dp, v): s.add_argument('--out', required=True, help='metrics JSON')
     a = p.parse_args(argv)
     try:
         params = load_params(a.params)
         if a.command == 'geneval-toy':
             r = stage_geneval_toy(params, a.variant, a.out, a.metrics, progress=not a.no_progress)
+            if r is not None: print(json.dumps(r, indent=1))
+            return 0
+        if a.command == 'dpg-toy':
+            r = stage_dpg_toy(params, a.name, a.run, a.variant, a.out, a.metrics, progress=not a.no_progress)
             if r is not None: print(json.dumps(r, indent=1))
             return 0
         if a.command == 'geneval':

@@ -6,7 +6,7 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/generate.html.md"""
 
 # %% ../nbs/50_generate.ipynb #0ff99919
 from __future__ import annotations
-import argparse, datetime, json, os, re, sys, threading
+import argparse, datetime, hashlib, json, os, re, sys, threading
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
@@ -17,9 +17,11 @@ from .images import save_png, to_uint8
 from .sampling import sample
 
 # %% auto #0
-__all__ = ['image_ok', 'index_name', 'clean_stale_temps', 'class_conditions', 'prompt_conditions', 'batch_seed', 'n_batches',
-           'shard_batches', 'shard_indices', 'var_sampler', 'generate_shard', 'dist_env', 'default_device',
-           'init_distributed', 'check_resume', 'generate', 'parse_args', 'load_tuned_for_sampling', 'main']
+__all__ = ['LAYOUTS', 'image_ok', 'index_name', 'clean_stale_temps', 'class_conditions', 'prompt_conditions', 'batch_seed',
+           'n_batches', 'shard_batches', 'shard_indices', 'var_sampler', 'generate_shard', 'dist_env', 'default_device',
+           'init_distributed', 'check_resume', 'generate', 't2i_sampler', 'read_prompt_set', 'layout_name',
+           'prompt_set_checks', 'finish_layout', 'tiles_dir', 'profile_text_encoder', 'parse_args',
+           'load_tuned_for_sampling', 'main']
 
 # %% ../nbs/50_generate.ipynb #8380ee31
 def image_ok(path) -> bool:
@@ -192,10 +194,84 @@ def generate(out, conds: Sequence, sampler: Callable, seed: int, batch_size: int
     finally:
         if created: _dist().destroy_process_group()
 
+# %% ../nbs/50_generate.ipynb #0013e1e8
+LAYOUTS = ('numbered', 'geneval', 'dpg')
+
+def t2i_sampler(var, vae, adapter, encode: Callable, guidance=None, top_k: int = 0, top_p: float = 0.0, mode: str = 'reference',
+                prompt=None, **sample_kw) -> Callable:
+    "A `sampler(texts, seed) -> uint8 (n, H, W, 3)` for a text-to-image VAR: `encode(texts)` -> CLIP text embeddings -> `adapter`."
+    from mvp_vpg.train_mvp import sample_t2i
+    def draw(texts, seed):
+        res = sample_t2i(var, vae, adapter, encode(list(texts)), guidance=guidance, top_k=top_k, top_p=top_p, seed=seed,
+                         mode=mode, prompt=prompt, **sample_kw)
+        return to_uint8(res.images)
+    return draw
+
+def read_prompt_set(path, key: str | None = None) -> tuple[list[str], list[dict] | None, list[str] | None]:
+    "(texts, GenEval metadata rows or None, DPG-Bench names or None) of a .txt, a .jsonl or a DPG-Bench `prompts/` folder."
+    if path is None or not str(path).strip():
+        raise FileNotFoundError("--prompts is empty: set the prompt set in params.yaml (real_eval.t2i.<name>.prompts: COCO captions "
+                                ".txt/.jsonl, GenEval's prompts/evaluation_metadata.jsonl or DPG-Bench's dpg_bench/prompts/ folder)")
+    p = Path(path)
+    if not p.exists(): raise FileNotFoundError(f"prompt set not found: {p} (a .txt with one prompt per line, a .jsonl such as "
+                                               "GenEval's evaluation_metadata.jsonl, or DPG-Bench's prompts/ folder)")
+    if p.is_dir():
+        from mvp_vpg.benchmarks import read_dpg_prompts
+        d = read_dpg_prompts(p)
+        if not d: raise ValueError(f"{p} holds no <name>.txt prompt files (DPG-Bench's dpg_bench/prompts/ folder)")
+        return list(d.values()), None, list(d)
+    from mvp_vpg.evaluators import read_texts
+    texts = [' '.join(t.split()) for t in read_texts(p, key)]
+    if not texts: raise ValueError(f"{p} holds no prompts")
+    metas = [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.suffix == '.jsonl' else None
+    return texts, metas, None
+
+def layout_name(layout: str, n_per_prompt: int) -> Callable:
+    "File name of global image i in `layout` (dpg: the tile folder's numbered names)."
+    if layout not in LAYOUTS: raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == 'geneval':
+        from mvp_vpg.benchmarks import geneval_name
+        return geneval_name(n_per_prompt)
+    return index_name
+
+def prompt_set_checks(layout: str, n_per_prompt: int, metas, names):
+    "Refuse a layout its prompt set or sample count cannot fill (before any image is drawn)."
+    if layout == 'geneval' and metas is None: raise ValueError("layout 'geneval' needs GenEval's evaluation_metadata.jsonl as --prompts")
+    if layout == 'dpg' and names is None: raise ValueError("layout 'dpg' needs DPG-Bench's prompts/ folder as --prompts")
+    if layout == 'dpg' and n_per_prompt != 4: raise ValueError(f"DPG-Bench scores 2×2 grids: --n-per-prompt must be 4, got {n_per_prompt}")
+    if n_per_prompt < 1: raise ValueError(f"--n-per-prompt must be >= 1, got {n_per_prompt}")
+
+def finish_layout(out, layout: str, texts, metas, names, n_per_prompt: int):
+    "After a complete generation: texts.txt (numbered), per-prompt metadata (geneval) or the 2×2 grids (dpg)."
+    from mvp_vpg.benchmarks import write_geneval_metadata, dpg_from_folder, _atomic_text
+    out = Path(out)
+    if layout == 'numbered': _atomic_text(out / 'texts.txt', '\n'.join(texts) + '\n')
+    elif layout == 'geneval': write_geneval_metadata(out, metas)
+    else: dpg_from_folder(tiles_dir(out), out, names, n_per_prompt)
+
+def tiles_dir(out) -> Path:
+    "Where the single DPG-Bench tiles of `out` are generated (outside the flat folder the evaluator reads)."
+    return Path(out).with_name(Path(out).name + '.tiles')
+
+def profile_text_encoder(params, device='cpu', text_dim: int | None = None) -> Callable:
+    "`encode(texts) -> (n, D)` L2-normalised CLIP text embeddings with the active profile's CLIP."
+    from mvp_vpg.evaluators import load_clip, profile_asset
+    from mvp_vpg.pipeline import active_profile
+    from mvp_vpg.toy_clip import encode_texts
+    name, prof = active_profile(params)
+    if name == 'toy': model, tok = load_clip('toy', toy_dir=Path(prof.get('checkpoints', 'data/toy')) / 'clip', device=device)
+    else: model, tok = load_clip(profile_asset(params, 'clip'), prof.get('clip_model') or None, device=device)
+    d = encode_texts(model, tok, ['a']).shape[1]
+    if text_dim is not None and d != text_dim:
+        raise ValueError(f"the profile's CLIP gives {d}-d text embeddings but the text adapter expects {text_dim}: "
+                         "use the CLIP the run was trained with (profiles.<name>.clip / clip_model)")
+    return lambda texts: encode_texts(model, tok, texts)
+
+
 # %% ../nbs/50_generate.ipynb #58004857
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog='python -m mvp_vpg.generate',
-                                description='sharded, resumable class-conditional generation (run under torchrun for several processes)')
+                                description='sharded, resumable class- or text-conditional generation (run under torchrun for several processes)')
     p.add_argument('--params', default='params.yaml')
     p.add_argument('--variant', default='base', help='a name under `variants:` in params.yaml')
     p.add_argument('--out', required=True, help='output folder of numbered PNGs')
@@ -204,57 +280,82 @@ def parse_args(argv=None):
     p.add_argument('--batch-size', type=int, default=None, help='default: sample.batch_size (fixes the per-batch seeds)')
     p.add_argument('--classes', default=None, help='comma-separated class ids (default: all classes)')
     p.add_argument('--tuned', default=None, help='a train_mvp run folder (or its tuned/): sample with its prompt / LoRA / weights')
+    p.add_argument('--prompts', default=None, help='text-to-image: a .txt / .jsonl prompt file or a DPG-Bench prompts/ folder (needs a t2i --tuned run)')
+    p.add_argument('--prompt-key', default=None, help='field of a .jsonl prompt file (default: the first of prompt/caption/text)')
+    p.add_argument('--n-per-prompt', type=int, default=1, help='samples per prompt (GenEval uses 4, DPG-Bench needs 4)')
+    p.add_argument('--layout', default='numbered', choices=LAYOUTS, help='file layout of text-to-image generations')
     p.add_argument('--no-progress', action='store_true')
     p.add_argument('--max-batches', type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument('--hang-at-max', action='store_true', help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
-def load_tuned_for_sampling(folder, var, device) -> tuple:
-    "(var, prompt, {artefact: sha256}) of a train_mvp run (`folder` or `folder/tuned`) on `var`; unchanged when `folder` is None."
-    if not folder: return var, None, None
+def load_tuned_for_sampling(folder, var, device, task: str = 'c2i') -> tuple:
+    "(var, prompt, {artefact: sha256}, text adapter) of a `task` train_mvp run (`folder` or `folder/tuned`) on `var`."
+    if not folder:
+        if task == 't2i': raise ValueError("text-to-image generation needs --tuned <a train_mvp run with task t2i> (its text adapter)")
+        return var, None, None, None
     from mvp_vpg.train_mvp import load_tuned
     from mvp_vpg.pipeline import file_hash
     f = Path(folder)
     f = f / 'tuned' if (f / 'tuned' / 'config.json').exists() else f
     if not (f / 'config.json').exists(): raise FileNotFoundError(f"--tuned {folder}: no tuned model there (train it with python -m mvp_vpg.train_mvp)")
     t = load_tuned(f, var, device)
-    if t.task != 'c2i': raise ValueError(f"--tuned {folder} is a {t.task} model: this command draws class-conditional samples")
-    return t.var, t.prompt, {str(p.relative_to(f)): file_hash(p) for p in sorted(f.rglob('*.safetensors'))}
+    if t.task != task:
+        raise ValueError(f"--tuned {folder} is a {t.task} model: " + ("give --prompts to draw text-to-image samples" if t.task == 't2i'
+                         else "text-to-image generation (--prompts) needs a run with task t2i"))
+    return t.var, t.prompt, {str(p.relative_to(f)): file_hash(p) for p in sorted(f.rglob('*.safetensors'))}, t.adapter
 
 def main(argv=None) -> int:
     from mvp_vpg import pipeline
     a = parse_args(argv)
+    task = 't2i' if a.prompts is not None else 'c2i'
     try:
         params = pipeline.load_params(a.params)
         s = params['sample']
         spec = pipeline.variant_spec(params, a.variant)
         rank, world, local = dist_env()
         dev = default_device(local)
+        if task == 't2i':
+            texts, metas, names = read_prompt_set(a.prompts, a.prompt_key)
+            prompt_set_checks(a.layout, a.n_per_prompt, metas, names)
+        elif a.layout != 'numbered': raise ValueError(f"--layout {a.layout} is for text-to-image generation (give --prompts)")
         var, vae = pipeline.load_base_models(params, dev)
         var_p, vae_p = pipeline.base_model_paths(params)
-        var, prompt, tuned = load_tuned_for_sampling(a.tuned, var, dev)
+        var, prompt, tuned, adapter = load_tuned_for_sampling(a.tuned, var, dev, task)
+        encode = profile_text_encoder(params, dev, adapter.text_dim) if task == 't2i' else None
     except (pipeline.MissingAsset, FileNotFoundError, ValueError) as e:
         print(f"generate: {e}", file=sys.stderr); return 2
     g = pipeline.guidance_from_spec(spec, vae)
-    n = a.n_per_class if a.n_per_class is not None else s['n_per_class']
     seed = a.seed if a.seed is not None else s['seeds'][0]
     bs = a.batch_size or s['batch_size']
-    classes = [int(c) for c in a.classes.split(',')] if a.classes else list(range(var.num_classes))
-    settings = {'variant': a.variant, 'profile': pipeline.active_profile(params)[0], 'sampler': spec, 'guidance': repr(g),
-                'conditions': {'kind': 'class', 'classes': classes, 'n_per_class': n},
-                'var_sha256': pipeline.file_hash(var_p), 'vae_sha256': pipeline.file_hash(vae_p), 'tuned': tuned}
+    base = {'variant': a.variant, 'profile': pipeline.active_profile(params)[0], 'sampler': spec, 'guidance': repr(g),
+            'var_sha256': pipeline.file_hash(var_p), 'vae_sha256': pipeline.file_hash(vae_p), 'tuned': tuned}
     info = {'var': str(var_p), 'vae': str(vae_p), 'tuned_from': a.tuned, 'device': torch.device(dev).type, 'torch': torch.__version__,
             'mvp_vpg_command': ' '.join(sys.argv)}
+    out, name = Path(a.out), index_name
+    if task == 'c2i':
+        n = a.n_per_class if a.n_per_class is not None else s['n_per_class']
+        classes = [int(c) for c in a.classes.split(',')] if a.classes else list(range(var.num_classes))
+        conds, sampler = class_conditions(classes, n), var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode'], prompt)
+        settings = {**base, 'conditions': {'kind': 'class', 'classes': classes, 'n_per_class': n}}
+    else:
+        conds = prompt_conditions(texts, a.n_per_prompt)
+        sampler = t2i_sampler(var, vae, adapter, encode, g, spec['top_k'], spec['top_p'], spec['mode'], prompt)
+        settings = {**base, 'conditions': {'kind': 'prompt', 'prompts': str(a.prompts), 'n_prompts': len(texts), 'n_per_prompt': a.n_per_prompt,
+                                           'layout': a.layout, 'texts_sha256': hashlib.sha256('\n'.join(texts).encode()).hexdigest()}}
+        name = layout_name(a.layout, a.n_per_prompt)
+        if a.layout == 'dpg': out = tiles_dir(a.out)
     try:
-        man = generate(a.out, class_conditions(classes, n), var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode'], prompt),
-                       seed, bs, settings, info, max_batches=a.max_batches, on_max='hang' if a.hang_at_max else 'stop',
-                       progress=not a.no_progress)
+        man = generate(out, conds, sampler, seed, bs, settings, info, name=name, max_batches=a.max_batches,
+                       on_max='hang' if a.hang_at_max else 'stop', progress=not a.no_progress)
     except ValueError as e:                      # e.g. resuming into a folder made with other settings
         print(f"generate: {e}", file=sys.stderr); return 2
     if rank == 0:
+        if man['complete'] and task == 't2i': finish_layout(a.out, a.layout, texts, metas, names, a.n_per_prompt)
         msg = 'complete' if man['complete'] else f"incomplete ({man['n_missing']} missing): run again to resume"
         print(f"generate: {a.out}: {man['settings']['n_images']} images, {msg}", file=sys.stderr)
     return 0
+
 
 # %% ../nbs/50_generate.ipynb #e6fc9834
 if __name__ == '__main__' and 'IPython' not in sys.modules: sys.exit(main())

@@ -32,6 +32,8 @@ def repo(tmp_path_factory):
     p['mvp_runs'] = {k: p['mvp_runs'][k] for k in ('base', 'mvp', 't2i_mvp')}
     p['mvp_guided'] = {'mvp_vpg': p['mvp_guided']['mvp_vpg']}
     p['geneval_toy'].update(variants=['base'], n_per_category=2, n_per_prompt=2)
+    p['bench_vpg'].update(batch_size=4, repeats=1)
+    p['dpg_toy'].update(n_prompts=2, runs={'t2i_mvp': {'run': 'outputs/mvp/t2i_mvp', 'variant': 'vpg'}})
     (d / 'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
     _run(['git', 'init', '-q'], d); _run(['git', 'add', '-A'], d)
     _run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'copy'], d)
@@ -99,6 +101,8 @@ def test_real_pipeline_runs_until_an_asset_is_missing(repo):
     """real/dvc.yaml on a real profile with empty paths: every stage stops naming the key to fill in."""
     params = (repo / 'params.yaml').read_text()
     p = yaml.safe_load(params); p['profile'] = 'imagenet256_d16'; p['real_eval'].update(variants=['base'], evaluate=['base'])
+    placed = repo / 'placed'; placed.mkdir(exist_ok=True)      # generations placed by hand (e.g. Infinity's), not by generate_t2i
+    p['real_eval'].update(geneval_images='placed', dpg_images='placed', clip_images='placed', clip_texts='placed/texts.txt')
     try:
         (repo / 'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
         env = {'PATH': f"{BIN}:/usr/bin:/bin", 'DVC_NO_ANALYTICS': '1', 'HOME': str(repo)}
@@ -108,6 +112,21 @@ def test_real_pipeline_runs_until_an_asset_is_missing(repo):
     out = r.stdout + r.stderr
     assert r.returncode != 0
     for key in ('profiles.imagenet256_d16.var', 'profiles.imagenet256_d16.geneval', 'profiles.imagenet256_d16.dpg_bench',
-                'profiles.imagenet256_d16.vbench', 'profiles.imagenet256_d16.clip'):
+                'profiles.imagenet256_d16.vbench', 'profiles.imagenet256_d16.clip', 'real_eval.t2i.<name>.prompts'):
         assert key in out, (key, out[-3000:])
     assert not list((repo / 'real').glob('metrics/**/*.json'))   # nothing half-written looks complete
+
+def test_vpg_latency_stage_feeds_the_report(repo):
+    b = json.loads((repo / 'metrics/bench/vpg_latency.json').read_text())
+    rows = {r['setting']: r for r in b['rows']}
+    assert len(rows) == 4 and rows['CFG only']['latency_ratio'] == 1.0 and b['batch_size'] == 4
+    assert all(r['s_per_batch'] > 0 and r['peak_mb'] > 0 for r in rows.values())
+    md = (repo / 'reports' / 'results.md').read_text()
+    assert 'App. B.2' in md and 'VPG semantic-only' in md.split('App. B.2')[1]
+
+def test_toy_dpg_stage(repo):
+    d = json.loads((repo / 'metrics/dpg_toy/dpg_toy_t2i_mvp.json').read_text())
+    assert d['n_images'] == 2 and 0 <= d['dpg_score'] <= 100 and d['guidance'].startswith('VPG') and 'l1/relation' in d
+    assert sorted(p.name for p in (repo / 'outputs/dpg_toy/t2i_mvp').glob('*.png')) == ['shapes0000.png', 'shapes0001.png']
+    assert list((repo / 'outputs/dpg_toy/t2i_mvp').glob('dpg-bench_*_results.txt'))      # DPG-Bench's own result file
+    assert '| t2i_mvp |' in (repo / 'reports' / 'results.md').read_text().split('Toy DPG-Bench')[1]

@@ -116,3 +116,35 @@ def test_other_settings_are_refused(world):
     r = subprocess.run(_cmd(world / 'params.yaml', world / 'one', None, '--seed', '8'), cwd=ROOT, env=_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and 'differs in: seed' in r.stderr, r.stderr[-2000:]
+
+def test_text_to_image_generation_two_ranks_then_clip_score(world):
+    """Per-prompt generation with a text-to-image run (`--prompts`): 2 ranks equal 1, texts.txt feeds the CLIP score."""
+    import shutil
+    from mvp_vpg.checkpoints import load_var
+    from mvp_vpg.train_mvp import Tuner
+    if not (world / 'ck' / 'clip').exists(): shutil.copytree(ROOT / 'data/toy/clip', world / 'ck' / 'clip')
+    torch.manual_seed(1)
+    t = Tuner(load_var(world / 'ck' / 'var'), 'mvp', 't2i', text_dim=64)            # the toy CLIP's text width
+    for p in t.adapter.parameters(): torch.nn.init.normal_(p, std=0.5)
+    t.save(world / 't2i_run' / 'tuned')
+    prompts = ['a red circle', 'two blue squares on black', 'a small green triangle']
+    (world / 'prompts.txt').write_text('\n'.join(prompts) + '\n')
+    extra = ('--tuned', str(world / 't2i_run'), '--prompts', str(world / 'prompts.txt'), '--n-per-prompt', '3')
+    _run(_cmd(world / 'params.yaml', world / 't2i_one', None, *extra))
+    _run(_cmd(world / 'params.yaml', world / 't2i_two', 2, *extra))
+    names = [index_name(i) for i in range(9)]
+    for d in ('t2i_one', 't2i_two'):
+        assert sorted(p.name for p in (world / d).iterdir()) == sorted(names + ['manifest.json', 'texts.txt'])
+    for n in names: assert (world / 't2i_two' / n).read_bytes() == (world / 't2i_one' / n).read_bytes(), n
+    man = json.loads((world / 't2i_two' / 'manifest.json').read_text())
+    assert man['complete'] and man['settings']['conditions']['kind'] == 'prompt' and man['settings']['conditions']['n_per_prompt'] == 3
+    assert (world / 't2i_two' / 'texts.txt').read_text().splitlines() == prompts
+    out = world / 'clip.json'
+    _run([sys.executable, '-m', 'mvp_vpg.evaluators', 'clipscore', '--params', str(world / 'params.yaml'), '--samples',
+          str(world / 't2i_two'), '--texts', str(world / 't2i_two' / 'texts.txt'), '--n-per-text', '3', '--out', str(out)])
+    res = json.loads(out.read_text())
+    assert res['n_samples'] == 9 and -100 <= res['clip_score'] <= 100
+    # a class-conditional run cannot draw from prompts, and a t2i run needs them
+    r = subprocess.run(_cmd(world / 'params.yaml', world / 't2i_bad', None, '--tuned', str(world / 't2i_run')), cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and 'give --prompts' in r.stderr and not (world / 't2i_bad').exists(), r.stderr[-2000:]
