@@ -17,7 +17,7 @@ from .pipeline import MissingAsset, active_profile, write_json, load_params
 __all__ = ['EVAL_ASSETS', 'ADM_KEYS', 'IMAGE_EXTS', 'need_path', 'profile_asset', 'numbered_images', 'read_rgb', 'pack_npz',
            'parse_adm_output', 'run_adm_evaluator', 'ImageFiles', 'UInt8Array', 'image_files', 'fidelity_input',
            'inception_metrics', 'load_clip', 'clip_score_folder', 'read_texts', 'stage_adm', 'stage_fid',
-           'stage_clipscore', 'main']
+           'stage_clipscore', 'stage_npz_toy', 'main']
 
 # %% ../nbs/51_evaluators.ipynb #064a2f1e
 EVAL_ASSETS = {
@@ -246,10 +246,27 @@ def stage_clipscore(params, samples, texts, out, n_per_text: int = 1) -> dict:
            'samples': str(samples)}
     write_json(res, out); return res
 
+def stage_npz_toy(params, samples, out, npz, ref='data/shapes/test_png') -> dict:
+    "The ADM export on the toy profile: pack `samples` into the evaluator's .npz, read `arr_0` back and score it with the shapes network."
+    from mvp_vpg import scorer
+    name, prof = active_profile(params)
+    if name != 'toy': raise ValueError(f"npz-toy runs on the toy profile (active: {name!r}); a real profile runs the `adm` stage")
+    packed = pack_npz(samples, npz)
+    with np.load(npz) as z: arr = z['arr_0']
+    same = bool(np.array_equal(arr, np.stack([read_rgb(f) for f in numbered_images(samples)])))
+    m = scorer.fidelity_metrics(arr, ref, Path(prof.get('checkpoints', 'data/toy')) / 'scorer')
+    res = {**m, 'n_samples': packed['n'], 'shape': packed['shape'], 'dtype': str(arr.dtype), 'npz_equals_pngs': same,
+           'tool': "ADM .npz export read back and scored with the shapes network (the ADM evaluator itself needs TensorFlow and "
+                   "its Inception: real profiles, stage adm)", 'samples': str(samples), 'npz': str(npz), 'ref': str(ref)}
+    write_json(res, out); return res
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog='python -m mvp_vpg.evaluators', description='external evaluators (local files only)')
     sub = p.add_subparsers(dest='command', required=True)
     k = sub.add_parser('pack', help='numbered PNGs -> ADM .npz'); k.add_argument('samples'); k.add_argument('--out'); k.add_argument('--expected', type=int)
+    t = sub.add_parser('npz-toy', help='toy profile: ADM .npz export, read back and scored with the shapes network')
+    t.add_argument('--params', default='params.yaml'); t.add_argument('--samples', required=True); t.add_argument('--npz', required=True)
+    t.add_argument('--out', required=True); t.add_argument('--ref', default='data/shapes/test_png')
     for name in ('adm', 'fid', 'clipscore'):
         s = sub.add_parser(name); s.add_argument('--params', default='params.yaml'); s.add_argument('--samples', required=True)
         s.add_argument('--out', required=True)
@@ -262,7 +279,8 @@ def main(argv=None) -> int:
             r = pack_npz(a.samples, a.out or Path(a.samples).with_name(Path(a.samples).name + '.npz'), a.expected)
         else:
             params = load_params(a.params)
-            if a.command == 'adm': r = stage_adm(params, a.samples, a.out, a.expected)
+            if a.command == 'npz-toy': r = stage_npz_toy(params, a.samples, a.out, a.npz, a.ref)
+            elif a.command == 'adm': r = stage_adm(params, a.samples, a.out, a.expected)
             elif a.command == 'fid': r = stage_fid(params, a.samples, a.out, a.ref)
             else: r = stage_clipscore(params, a.samples, a.texts, a.out, a.n_per_text)
     except (MissingAsset, FileNotFoundError, ValueError, RuntimeError) as e:

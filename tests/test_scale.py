@@ -148,3 +148,6 @@ def test_text_to_image_generation_two_ranks_then_clip_score(world):
     r = subprocess.run(_cmd(world / 'params.yaml', world / 't2i_bad', None, '--tuned', str(world / 't2i_run')), cwd=ROOT, env=_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and 'give --prompts' in r.stderr and not (world / 't2i_bad').exists(), r.stderr[-2000:]
+    r = subprocess.run(_cmd(world / 'params.yaml', world / 't2i_bad', None, '--tuned', str(world / 't2i_run'), '--prompts', ''),
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)   # real_eval.t2i.<name>.prompts left empty
+    assert r.returncode == 2 and 'real_eval.t2i.<name>.prompts' in r.stderr and not (world / 't2i_bad').exists(), r.stderr[-2000:]
