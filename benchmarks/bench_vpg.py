@@ -56,11 +56,10 @@ def run(var, vae, g, B, args, dev) -> tuple[float, float]:
     return dt, mem
 
 
-def measure_isolated(label: str, argv: list[str]) -> tuple[float, float]:
-    "Run one setting in a fresh process (its own peak RSS) and read back its (s/batch, MB)."
+def measure_isolated(label: str, argv: list[str]) -> dict:
+    "Run one setting in a fresh process (its own peak RSS) and read back its row: s_per_batch, peak_mb, model."
     out = subprocess.run([sys.executable, __file__, *argv, '--only', label], check=True, capture_output=True, text=True).stdout
-    row = json.loads(out.strip().splitlines()[-1])
-    return row['s_per_batch'], row['peak_mb']
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def parse_args(argv=None):
@@ -89,21 +88,26 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads: torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    var, vae, what = models(args, dev)
     gs = settings(args)
     if args.only is not None:
+        var, vae, what = models(args, dev)
         dt, mb = run(var, vae, gs[args.only], args.batch_size, args, dev)
-        print(json.dumps({'s_per_batch': dt, 'peak_mb': mb})); return
+        print(json.dumps({'s_per_batch': dt, 'peak_mb': mb, 'model': f"{what}, patch_nums {tuple(var.patch_nums)}"})); return
+    # on CPU the settings run in child processes: the parent never builds the models
+    model = None
+    if dev.type == 'cuda':
+        var, vae, what = models(args, dev); model = f"{what}, patch_nums {tuple(var.patch_nums)}"
     name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
-    header = (f"{what}, patch_nums {tuple(var.patch_nums)}, batch {args.batch_size}, cfg {args.cfg}, VPG lam {args.lam} p {args.p}, "
-              f"mode {args.mode}, {args.repeats} timed runs, torch {torch.__version__}, {name}")
-    print(header)
     mem = 'peak alloc MB' if dev.type == 'cuda' else 'peak RSS MB (own process)'
-    print(f"| setting | s/batch | images/s | {mem} | latency vs CFG only |")
-    print("|---|---:|---:|---:|---:|")
     rows, base = [], None
     for label, g in gs.items():
-        dt, mb = run(var, vae, g, args.batch_size, args, dev) if dev.type == 'cuda' else measure_isolated(label, argv)
+        if dev.type == 'cuda': dt, mb = run(var, vae, g, args.batch_size, args, dev)
+        else:
+            r = measure_isolated(label, argv); dt, mb, model = r['s_per_batch'], r['peak_mb'], r['model']
+        if base is None:
+            header = (f"{model}, batch {args.batch_size}, cfg {args.cfg}, VPG lam {args.lam} p {args.p}, mode {args.mode}, "
+                      f"{args.repeats} timed runs, torch {torch.__version__}, {name}")
+            print(header); print(f"| setting | s/batch | images/s | {mem} | latency vs CFG only |"); print("|---|---:|---:|---:|---:|")
         base = base or dt
         rows.append({'setting': label, 'guidance': repr(g), 's_per_batch': dt, 'images_per_s': args.batch_size / dt,
                      'peak_mb': mb, 'latency_ratio': dt / base})

@@ -488,11 +488,7 @@ def stage_dpg_toy(params, name: str, run, variant: str = 'base', out_root='outpu
     s, spec = params['sample'], pipeline.variant_spec(params, variant)
     rank, world, local = G.dist_env()
     dev = G.default_device(local)
-    var, vae = pipeline.load_base_models(params, dev)
-    var, prompt, tuned, adapter = G.load_tuned_for_sampling(run, var, dev, 't2i')
-    g = pipeline.guidance_from_spec(spec, vae)
-    sampler = G.t2i_sampler(var, vae, adapter, G.profile_text_encoder(params, dev, adapter.text_dim), g, spec['top_k'], spec['top_p'],
-                            spec['mode'], prompt)
+    sampler, tuned, g = G.tuned_t2i_sampler(params, run, spec, *pipeline.load_base_models(params, dev), dev)
     settings = {'run': str(run), 'variant': variant, 'sampler': spec, 'guidance': repr(g), 'dpg_toy': cfg, 'tuned': tuned,
                 'conditions': {'kind': 'prompt', 'n_prompts': len(prompts), 'n_per_prompt': 4, 'layout': 'dpg'}}
     man = G.generate(G.tiles_dir(out), G.prompt_conditions(prompts, 4), sampler, s['seeds'][0], s['batch_size'], settings,

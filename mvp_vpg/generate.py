@@ -21,7 +21,7 @@ __all__ = ['LAYOUTS', 'image_ok', 'index_name', 'clean_stale_temps', 'class_cond
            'n_batches', 'shard_batches', 'shard_indices', 'var_sampler', 'generate_shard', 'dist_env', 'default_device',
            'init_distributed', 'check_resume', 'generate', 't2i_sampler', 'read_prompt_set', 'layout_name',
            'prompt_set_checks', 'finish_layout', 'tiles_dir', 'profile_text_encoder', 'parse_args',
-           'load_tuned_for_sampling', 'main']
+           'load_tuned_for_sampling', 'tuned_t2i_sampler', 'main']
 
 # %% ../nbs/50_generate.ipynb #8380ee31
 def image_ok(path) -> bool:
@@ -305,6 +305,14 @@ def load_tuned_for_sampling(folder, var, device, task: str = 'c2i') -> tuple:
                          else "text-to-image generation (--prompts) needs a run with task t2i"))
     return t.var, t.prompt, {str(p.relative_to(f)): file_hash(p) for p in sorted(f.rglob('*.safetensors'))}, t.adapter
 
+def tuned_t2i_sampler(params, run, spec: dict, var, vae, device) -> tuple[Callable, dict, object]:
+    "(sampler, artefact hashes, guidance) of a text-to-image `train_mvp` run under a variant's sampler settings `spec`."
+    from mvp_vpg.pipeline import guidance_from_spec
+    var, prompt, tuned, adapter = load_tuned_for_sampling(run, var, device, 't2i')
+    g = guidance_from_spec(spec, vae)
+    encode = profile_text_encoder(params, device, adapter.text_dim)
+    return t2i_sampler(var, vae, adapter, encode, g, spec['top_k'], spec['top_p'], spec['mode'], prompt), tuned, g
+
 def main(argv=None) -> int:
     from mvp_vpg import pipeline
     a = parse_args(argv)
@@ -321,11 +329,13 @@ def main(argv=None) -> int:
         elif a.layout != 'numbered': raise ValueError(f"--layout {a.layout} is for text-to-image generation (give --prompts)")
         var, vae = pipeline.load_base_models(params, dev)
         var_p, vae_p = pipeline.base_model_paths(params)
-        var, prompt, tuned, adapter = load_tuned_for_sampling(a.tuned, var, dev, task)
-        encode = profile_text_encoder(params, dev, adapter.text_dim) if task == 't2i' else None
+        if task == 't2i': sampler, tuned, g = tuned_t2i_sampler(params, a.tuned, spec, var, vae, dev)
+        else:
+            var, prompt, tuned, _ = load_tuned_for_sampling(a.tuned, var, dev)
+            g = pipeline.guidance_from_spec(spec, vae)
+            sampler = var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode'], prompt)
     except (pipeline.MissingAsset, FileNotFoundError, ValueError) as e:
         print(f"generate: {e}", file=sys.stderr); return 2
-    g = pipeline.guidance_from_spec(spec, vae)
     seed = a.seed if a.seed is not None else s['seeds'][0]
     bs = a.batch_size or s['batch_size']
     base = {'variant': a.variant, 'profile': pipeline.active_profile(params)[0], 'sampler': spec, 'guidance': repr(g),
@@ -336,11 +346,10 @@ def main(argv=None) -> int:
     if task == 'c2i':
         n = a.n_per_class if a.n_per_class is not None else s['n_per_class']
         classes = [int(c) for c in a.classes.split(',')] if a.classes else list(range(var.num_classes))
-        conds, sampler = class_conditions(classes, n), var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode'], prompt)
+        conds = class_conditions(classes, n)
         settings = {**base, 'conditions': {'kind': 'class', 'classes': classes, 'n_per_class': n}}
     else:
         conds = prompt_conditions(texts, a.n_per_prompt)
-        sampler = t2i_sampler(var, vae, adapter, encode, g, spec['top_k'], spec['top_p'], spec['mode'], prompt)
         settings = {**base, 'conditions': {'kind': 'prompt', 'prompts': str(a.prompts), 'n_prompts': len(texts), 'n_per_prompt': a.n_per_prompt,
                                            'layout': a.layout, 'texts_sha256': hashlib.sha256('\n'.join(texts).encode()).hexdigest()}}
         name = layout_name(a.layout, a.n_per_prompt)

@@ -683,15 +683,11 @@ def geneval_t2i(tuner: Tuner, vae, clip, tokenizer, ev: dict, out, seed: int, sc
 
 def sample_t2i_to_folder(var, vae, adapter, text_emb, out, seed: int, batch_size: int = 100, guidance=None, prompt=None,
                          desc='t2i sampling', **kw) -> Path:
-    "Write one PNG per text embedding to `out` (numbered in order), skipping finished batches."
-    from mvp_vpg.images import to_uint8, save_png
+    "Write one PNG per text embedding to `out` (numbered in order): the single-process case of `generate.generate_shard`."
+    from mvp_vpg.generate import generate_shard, t2i_sampler
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    names = [out / f'{i:06d}.png' for i in range(len(text_emb))]
-    for b in tqdm(range(0, len(text_emb), batch_size), desc=desc, unit='batch'):
-        if all(n.exists() for n in names[b:b + batch_size]): continue
-        res = sample_t2i(var, vae, adapter, text_emb[b:b + batch_size], guidance=guidance, seed=seed * 1_000_003 + b // batch_size,
-                         prompt=prompt, **kw)
-        for arr, name in zip(to_uint8(res.images), names[b:b + batch_size]): save_png(arr, name)
+    generate_shard(out, list(text_emb), t2i_sampler(var, vae, adapter, torch.stack, guidance, prompt=prompt, **kw), seed, batch_size,
+                   desc=desc)
     return out
 
 def evaluate_tuned(tuner: Tuner | None, var: VAR, vae, cfg: dict, data_params: dict, out, scorer_folder,
