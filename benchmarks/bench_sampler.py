@@ -6,9 +6,9 @@ weights (official architecture, 256px pyramid, full-size tokenizer by default).
 """
 import argparse, resource, time
 import torch
-from mvp_vpg.var import VAR, VARConfig
-from mvp_vpg.vqvae import VQVAE, VQVAEConfig
-from mvp_vpg.sampling import sample, CFG
+from mvp_vpg.models.var import VAR, VARConfig
+from mvp_vpg.models.vqvae import VQVAE, VQVAEConfig
+from mvp_vpg.sampling.sampler import sample, CFG
 
 
 def peak_mb(dev):

@@ -15,8 +15,8 @@ import argparse, time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mvp_vpg.var import VAR, VARConfig
-from mvp_vpg.train_mvp import Tuner, mvp_section, method_lr
+from mvp_vpg.models.var import VAR, VARConfig
+from mvp_vpg.mvp.train import Tuner, mvp_section, method_lr
 
 
 class SavedBytes:

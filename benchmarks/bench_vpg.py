@@ -11,10 +11,10 @@ goes down); on CUDA the peak allocated memory is reset between settings.
 import argparse, json, os, resource, subprocess, sys, time
 from pathlib import Path
 import torch
-from mvp_vpg.var import VAR, VARConfig
-from mvp_vpg.vqvae import VQVAE, VQVAEConfig
-from mvp_vpg.sampling import sample, CFG
-from mvp_vpg.vpg import VPG
+from mvp_vpg.models.var import VAR, VARConfig
+from mvp_vpg.models.vqvae import VQVAE, VQVAEConfig
+from mvp_vpg.sampling.sampler import sample, CFG
+from mvp_vpg.vpg.guidance import VPG
 
 
 def settings(args) -> dict:
@@ -30,7 +30,7 @@ def settings(args) -> dict:
 def models(args, dev):
     "(var, vae, description): the committed toy models (`--toy`) or random weights of the official architecture."
     if args.toy:
-        from mvp_vpg.checkpoints import load_var, load_vqvae
+        from mvp_vpg.models.checkpoints import load_var, load_vqvae
         var = load_var(Path(args.toy) / 'var', device=dev).eval()
         return var, load_vqvae(Path(args.toy) / 'vqvae', patch_nums=var.patch_nums, device=dev).eval(), f'toy VAR ({args.toy})'
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ from PIL import Image
 
 transformers = pytest.importorskip('transformers', reason='the BLIP-2 captions path needs transformers ([dev] extra)')
 from tokenizers import Tokenizer, models, pre_tokenizers
-from mvp_vpg.pipeline import caption_folder_blip2
+from mvp_vpg.stages.pipeline import caption_folder_blip2
 
 @pytest.fixture(scope='module')
 def blip2_dir(tmp_path_factory):

@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
-from mvp_vpg.checkpoints import infer_var_config, infer_vqvae_config, load_strict, write_safetensors, load_var, load_vqvae
-from mvp_vpg.vqvae import VQVAE
-from mvp_vpg.var import VAR
-from mvp_vpg.sampling import sample, CFG, Guidance
+from mvp_vpg.models.checkpoints import infer_var_config, infer_vqvae_config, load_strict, write_safetensors, load_var, load_vqvae
+from mvp_vpg.models.vqvae import VQVAE
+from mvp_vpg.models.var import VAR
+from mvp_vpg.sampling.sampler import sample, CFG, Guidance
 
 DATA = Path(__file__).parent / 'data'
 META = json.loads((DATA / 'var_A.json').read_text())

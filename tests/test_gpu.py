@@ -3,10 +3,10 @@ import json
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
-from mvp_vpg.checkpoints import infer_var_config, infer_vqvae_config, load_strict
-from mvp_vpg.var import VAR, VARConfig
-from mvp_vpg.vqvae import VQVAE, VQVAEConfig
-from mvp_vpg.sampling import sample, CFG
+from mvp_vpg.models.checkpoints import infer_var_config, infer_vqvae_config, load_strict
+from mvp_vpg.models.var import VAR, VARConfig
+from mvp_vpg.models.vqvae import VQVAE, VQVAEConfig
+from mvp_vpg.sampling.sampler import sample, CFG
 
 pytestmark = pytest.mark.gpu
 DATA = Path(__file__).parent / 'data'
