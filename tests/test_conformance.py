@@ -67,7 +67,7 @@ def test_kv_cached_logits_equal_masked_forward(models, rec):
     vae, var = models
     class Record(Guidance):
         seen = []
-        def combine(self, logits, si, K): self.seen.append(logits.clone()); return logits
+        def combine(self, logits, si, K): self.seen.append(logits['cond'].clone()); return logits['cond']
     g = Record()
     out = sample(var, vae, rec['io.label'], guidance=g, top_k=5, seed=3)
     with torch.no_grad(): teacher = var(out.labels, vae.quantize.var_inputs(out.tokens))

@@ -72,10 +72,11 @@ class KVCache:
         "Called once per model step, after every layer wrote."
         self.len += self._pending; self._pending = 0
 
-    def keep_rows(self, n: int):
-        "Keep only the first `n` batch rows from now on (a guidance branch that is no longer needed)."
-        self.k = [t[:n] if t is not None else None for t in self.k]
-        self.v = [t[:n] if t is not None else None for t in self.v]
+    def keep_rows(self, rows):
+        "Keep only some batch rows from now on: the first `rows` (int) or the rows at index tensor `rows`."
+        pick = (lambda t: t[:rows]) if isinstance(rows, int) else (lambda t: t.index_select(0, rows.to(t.device)))
+        self.k = [pick(t) if t is not None else None for t in self.k]
+        self.v = [pick(t) if t is not None else None for t in self.v]
 
 # %% ../../nbs/01_var.ipynb #89d89802
 class SelfAttention(nn.Module):

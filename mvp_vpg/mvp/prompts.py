@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 from ..models.var import Prompt
 from .frames import PLACEMENTS, check_tau, scale_positions, total_budget, _check_patch_nums
-from ..models.checkpoints import atomic_write_dir, save_artifact, read_artifact_config, read_state_dict, CheckpointError
+from ..utils.io import atomic_write_dir
+from ..models.checkpoints import save_artifact, read_artifact_config, read_state_dict, CheckpointError
 
 # %% auto #0
 __all__ = ['PROMPT_KINDS', 'PromptMismatchError', 'TunablePrompt', 'MultiScalePrompt', 'PrefilledPrompt', 'save_prompt',
