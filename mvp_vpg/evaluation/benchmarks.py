@@ -6,19 +6,20 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/benchmarks.html.md"""
 
 # %% ../../nbs/52_benchmarks.ipynb #e4a9e9ad
 from __future__ import annotations
-import argparse, glob, json, os, re, subprocess, sys, tempfile
+import argparse, glob, json, os, re, subprocess, sys
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
 import torch
-from ..utils.images import save_png
-from ..stages.pipeline import MissingAsset, active_profile, write_json, load_params
-from .evaluators import need_path, profile_asset, read_rgb
+from ..utils.io import atomic_write, write_json, write_text, read_jsonl, file_hash
+from ..utils.params import MissingAsset, active_profile, load_params, need_path, profile_asset
+from ..utils.distributed import dist_env, default_device
+from ..utils.images import save_png, read_rgb
 
 # %% auto #0
 __all__ = ['BENCH_ASSETS', 'GENEVAL_TASKS', 'DPG_TOY_DEFAULTS', 'DPG_CSV_COLUMNS', 'VBENCH_NORM', 'VBENCH_WEIGHT',
-           'VBENCH_QUALITY', 'VBENCH_SEMANTIC', 'VBENCH_DIMENSIONS', 'GENEVAL_TOY_DEFAULTS', 'read_jsonl',
-           'geneval_name', 'write_geneval_metadata', 'write_geneval', 'geneval_layout', 'parse_geneval_results',
+           'VBENCH_QUALITY', 'VBENCH_SEMANTIC', 'VBENCH_DIMENSIONS', 'GENEVAL_TOY_DEFAULTS', 'geneval_name',
+           'write_geneval_metadata', 'write_geneval', 'geneval_layout', 'parse_geneval_results',
            'parse_geneval_summary', 'run_geneval', 'toy_geneval_metadata', 'toy_prompt_label', 'evaluate_geneval_toy',
            'read_dpg_prompts', 'tile_2x2', 'write_dpg', 'dpg_from_folder', 'dpg_crops', 'parse_dpg_results', 'run_dpg',
            'toy_dpg_questions', 'toy_dpg_prompt_set', 'write_dpg_prompt_set', 'background_of_tile', 'toy_vqa',
@@ -55,28 +56,17 @@ def _newest(pattern: str, exclude: str | None = None) -> Path:
 # %% ../../nbs/52_benchmarks.ipynb #18662631
 GENEVAL_TASKS = ('single_object', 'two_object', 'counting', 'colors', 'position', 'color_attr')
 
-def read_jsonl(path) -> list[dict]:
-    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
-
 def geneval_name(n_per_prompt: int) -> Callable[[int], str]:
     "Name function: global image i -> `<i // n:05d>/samples/<i % n:05d>.png`."
     def name(i: int) -> str: return f'{i // n_per_prompt:05d}/samples/{i % n_per_prompt:05d}.png'
     return name
-
-def _atomic_text(path: Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent); os.close(fd)
-    try: Path(tmp).write_text(text); os.chmod(tmp, 0o644); os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
 
 def write_geneval_metadata(out, metadatas: Sequence[dict]) -> list[Path]:
     "`<out>/<k:05d>/metadata.jsonl` for every prompt (one JSON line), atomically."
     paths = []
     for k, meta in enumerate(metadatas):
         p = Path(out) / f'{k:05d}' / 'metadata.jsonl'
-        _atomic_text(p, json.dumps(meta) + '\n'); paths.append(p)
+        write_text(p, json.dumps(meta) + '\n'); paths.append(p)
     return paths
 
 def write_geneval(out, metadatas: Sequence[dict], images: Sequence) -> Path:
@@ -177,7 +167,7 @@ def evaluate_geneval_toy(image_dir, scorer, outfile, threshold: float = 0.5) -> 
             rows.append({'filename': str(f), 'tag': meta['tag'], 'prompt': meta['prompt'], 'correct': ok,
                          'reason': '' if ok else f"found {found}", 'metadata': json.dumps(meta),
                          'details': json.dumps(objs)})
-    _atomic_text(Path(outfile), ''.join(json.dumps(r) + '\n' for r in rows))
+    write_text(Path(outfile), ''.join(json.dumps(r) + '\n' for r in rows))
     return Path(outfile)
 
 # %% ../../nbs/52_benchmarks.ipynb #4a757f9f
@@ -286,10 +276,10 @@ def write_dpg_prompt_set(root, names, prompts, questions) -> Path:
     "`<root>/prompts/<name>.txt` and `<root>/dpg_bench.csv` (DPG-Bench's files; the csv gains a `check` column for the toy VQA)."
     import csv, io
     root = Path(root)
-    for n, t in zip(names, prompts): _check_dpg_name(n); _atomic_text(root / 'prompts' / f'{n}.txt', t + '\n')
+    for n, t in zip(names, prompts): _check_dpg_name(n); write_text(root / 'prompts' / f'{n}.txt', t + '\n')
     buf = io.StringIO(); w = csv.DictWriter(buf, fieldnames=[*DPG_CSV_COLUMNS, 'check'])
     w.writeheader(); w.writerows({**q, 'check': json.dumps(q['check'])} for q in questions)
-    _atomic_text(root / 'dpg_bench.csv', buf.getvalue())
+    write_text(root / 'dpg_bench.csv', buf.getvalue())
     return root
 
 def background_of_tile(tile: np.ndarray) -> str:
@@ -346,7 +336,7 @@ def evaluate_dpg_toy(image_dir, prompt_root, scorer, resolution: int, model_name
     txt = '\n'.join(lines) + f"\nModel: {model_name}\nL1 category scores:\n" + ''.join(f"\t{c}: {100 * np.mean(v):.4f}\n" for c, v in sorted(l1.items()))
     txt += "L2 category scores:\n" + ''.join(f"\t{c}: {100 * np.mean(v):.4f}\n" for c, v in sorted(l2.items()))
     txt += f"Image path: {img_dir}\nSave results to: {out}\nDPG-Bench score: {100 * np.mean(means):.4f}\n"
-    _atomic_text(out, txt)
+    write_text(out, txt)
     return out
 
 
@@ -396,12 +386,7 @@ def encode_mp4(frames, path, fps: int = 8):
 
 def write_vbench_video(out, prompt_en: str, i: int, frames, fps: int = 8, encode: Callable | None = None) -> Path:
     "Write sample `i` of `prompt_en` as `<out>/<prompt_en>-<i>.mp4`, atomically."
-    f = Path(out) / vbench_video_name(prompt_en, i); f.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.vbench.', suffix='.mp4', dir=f.parent); os.close(fd)
-    try: (encode or encode_mp4)(frames, tmp, fps); os.chmod(tmp, 0o644); os.replace(tmp, f)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
+    f = atomic_write(Path(out) / vbench_video_name(prompt_en, i), lambda t: (encode or encode_mp4)(frames, str(t), fps))
     return f
 
 def missing_vbench_videos(videos_dir, prompts: Sequence[dict], n_per_prompt: int = 5, ext: str = 'mp4') -> list[str]:
@@ -458,15 +443,15 @@ def stage_geneval_toy(params, variant: str = 'base', out_root='outputs/geneval_t
         bad = sorted({it['category'] for it in items if toy_prompt_label(it) is None})
         raise ValueError(f"the class-conditional toy model cannot be asked for {bad} prompts (use single_object / colors)")
     s, spec = params['sample'], pipeline.variant_spec(params, variant)
-    rank, world, local = G.dist_env()
-    dev = G.default_device(local)
+    rank, world, local = dist_env()
+    dev = default_device(local)
     var, vae = pipeline.load_base_models(params, dev)
     var_p, vae_p = pipeline.base_model_paths(params)
     g = pipeline.guidance_from_spec(spec, vae)
     out = Path(out_root) / variant
     settings = {'variant': variant, 'sampler': spec, 'guidance': repr(g), 'geneval_toy': cfg,
                 'conditions': {'kind': 'geneval_toy', 'n_prompts': len(items), 'n_per_prompt': n},
-                'var_sha256': pipeline.file_hash(var_p), 'vae_sha256': pipeline.file_hash(vae_p)}
+                'var_sha256': file_hash(var_p), 'vae_sha256': file_hash(vae_p)}
     man = G.generate(out, conds, G.var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode']), s['seeds'][0],
                      s['batch_size'], settings, {'var': str(var_p), 'vae': str(vae_p)}, name=geneval_name(n), progress=progress)
     if rank != 0: return None
@@ -489,8 +474,8 @@ def stage_dpg_toy(params, name: str, run, variant: str = 'base', out_root='outpu
     names, prompts, questions = toy_dpg_prompt_set(cfg['n_prompts'], cfg['seed'], cfg['p_two'], cfg['split'])
     out = Path(out_root) / name
     s, spec = params['sample'], pipeline.variant_spec(params, variant)
-    rank, world, local = G.dist_env()
-    dev = G.default_device(local)
+    rank, world, local = dist_env()
+    dev = default_device(local)
     sampler, tuned, g = G.tuned_t2i_sampler(params, run, spec, *pipeline.load_base_models(params, dev), dev)
     settings = {'run': str(run), 'variant': variant, 'sampler': spec, 'guidance': repr(g), 'dpg_toy': cfg, 'tuned': tuned,
                 'conditions': {'kind': 'prompt', 'n_prompts': len(prompts), 'n_per_prompt': 4, 'layout': 'dpg'}}

@@ -6,48 +6,19 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/evaluators.html.md"""
 
 # %% ../../nbs/51_evaluators.ipynb #bdd4f4b8
 from __future__ import annotations
-import argparse, json, os, re, subprocess, sys, tempfile, zipfile
+import argparse, json, os, re, subprocess, sys, zipfile
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from ..stages.pipeline import MissingAsset, active_profile, write_json, load_params
+from ..utils.io import atomic_write, write_json
+from ..utils.params import MissingAsset, ASSETS, active_profile, load_params, need_path, profile_asset
+from ..utils.images import read_rgb
 
 # %% auto #0
-__all__ = ['EVAL_ASSETS', 'ADM_KEYS', 'IMAGE_EXTS', 'need_path', 'profile_asset', 'numbered_images', 'read_rgb', 'pack_npz',
-           'parse_adm_output', 'run_adm_evaluator', 'ImageFiles', 'UInt8Array', 'image_files', 'fidelity_input',
-           'inception_metrics', 'load_clip', 'clip_score_folder', 'read_texts', 'stage_adm', 'stage_fid',
-           'stage_clipscore', 'stage_npz_toy', 'main']
-
-# %% ../../nbs/51_evaluators.ipynb #064a2f1e
-EVAL_ASSETS = {
-    'inception': "the FID Inception weights pt_inception-2015-12-05-6726825d.pth (torch-fidelity's GitHub release "
-                 "weights-inception-2015-12-05-6726825d.pth), as a local file",
-    'adm_evaluator': "guided-diffusion's evaluations/evaluator.py (github.com/openai/guided-diffusion), with its "
-                     "TensorFlow requirements installed in `adm_python` and classify_image_graph_def.pb reachable",
-    'adm_ref': "the ADM reference batch, e.g. VIRTUAL_imagenet256_labeled.npz / VIRTUAL_imagenet512.npz",
-    'adm_python': "the python interpreter of the environment that runs the ADM evaluator",
-    'clip': "open_clip weights: a local-dir folder (open_clip_config.json + weights) or a weights file with `clip_model`",
-    'samples_npz': "the sample batch written by `pack_npz`",
-}
-
-def need_path(value, key: str, hint: str | None = None) -> Path:
-    "`value` as an existing Path, else `MissingAsset` naming `key`."
-    how = hint or EVAL_ASSETS.get(key, 'a local path')
-    if value is None or str(value).strip() == '':
-        raise MissingAsset(f"`{key}` is not set: {how}")
-    p = Path(value).expanduser()
-    if not p.exists(): raise MissingAsset(f"`{key}` = {value} does not exist: {how}")
-    return p
-
-def profile_asset(params: dict, key: str, hint: str | None = None, optional: bool = False) -> Path | None:
-    "The active profile's path `key`, checked; `MissingAsset` naming `profiles.<name>.<key>` (None if optional and empty)."
-    name, prof = active_profile(params)
-    val = prof.get(key) or ''
-    if optional and not val: return None
-    try: return need_path(val, key, hint)
-    except MissingAsset as e:
-        raise MissingAsset(f"profile {name!r} needs `profiles.{name}.{key}` in params.yaml: {e}") from None
+__all__ = ['ADM_KEYS', 'IMAGE_EXTS', 'numbered_images', 'pack_npz', 'parse_adm_output', 'run_adm_evaluator', 'ImageFiles',
+           'UInt8Array', 'image_files', 'fidelity_input', 'inception_metrics', 'load_clip', 'clip_score_folder',
+           'read_texts', 'stage_adm', 'stage_fid', 'stage_clipscore', 'stage_npz_toy', 'main']
 
 # %% ../../nbs/51_evaluators.ipynb #1b7b6c6c
 _NUMBERED = re.compile(r'^(\d+)\.png$')
@@ -59,10 +30,6 @@ def numbered_images(folder) -> list[Path]:
     found = [(int(m.group(1)), e.path) for e in os.scandir(folder) if e.is_file() and (m := _NUMBERED.match(e.name))]
     return [Path(p) for _, p in sorted(found)]
 
-def read_rgb(path) -> np.ndarray:
-    "An image file as uint8 (H, W, 3)."
-    with Image.open(path) as im: return np.asarray(im.convert('RGB'))
-
 def pack_npz(folder, out_npz, expected: int | None = None) -> dict:
     "Pack a folder's numbered PNGs into `out_npz` (`arr_0`: uint8 N×H×W×3), streaming, atomically. Returns n and shape."
     files = numbered_images(folder)
@@ -71,9 +38,8 @@ def pack_npz(folder, out_npz, expected: int | None = None) -> dict:
     if not files: raise FileNotFoundError(f"no numbered PNGs in {folder}")
     first = read_rgb(files[0])
     shape = (len(files), *first.shape)
-    out = Path(out_npz); out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{out.name}.', dir=out.parent); os.close(fd)
-    try:
+    out = Path(out_npz)
+    def write(tmp):
         with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             with zf.open('arr_0.npy', 'w', force_zip64=True) as f:
                 np.lib.format.write_array_header_1_0(f, {'descr': np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
@@ -82,10 +48,7 @@ def pack_npz(folder, out_npz, expected: int | None = None) -> dict:
                     a = first if k == 0 else read_rgb(p)
                     if a.shape != first.shape: raise ValueError(f"{p} is {a.shape[1]}×{a.shape[0]}, the first image {first.shape[1]}×{first.shape[0]}")
                     f.write(np.ascontiguousarray(a, dtype=np.uint8).tobytes())
-        os.chmod(tmp, 0o644); os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
+    atomic_write(out, write)
     return {'n': len(files), 'shape': list(shape), 'path': str(out)}
 
 # %% ../../nbs/51_evaluators.ipynb #64919ca7
@@ -107,7 +70,7 @@ def run_adm_evaluator(evaluator_py, ref_npz, sample_npz, python: str = 'python',
     ev, ref, smp = need_path(evaluator_py, 'adm_evaluator'), need_path(ref_npz, 'adm_ref'), need_path(sample_npz, 'samples_npz')
     cmd = [str(python or 'python'), str(ev.resolve()), str(ref.resolve()), str(smp.resolve())]
     try: r = subprocess.run(cmd, cwd=ev.resolve().parent, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError: raise MissingAsset(f"`adm_python` = {python} cannot be run: {EVAL_ASSETS['adm_python']}") from None
+    except FileNotFoundError: raise MissingAsset(f"`adm_python` = {python} cannot be run: {ASSETS['adm_python']}") from None
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited with {r.returncode}:\n{(r.stdout + r.stderr)[-3000:]}")
     return parse_adm_output(r.stdout)
@@ -176,7 +139,7 @@ def load_clip(clip='toy', model_name: str | None = None, toy_dir='data/toy/clip'
         m, _, tok = toy_clip.load_toy_clip(p, device); return m, tok
     p = need_path(clip, 'clip')
     if p.is_dir():
-        if not (p / 'open_clip_config.json').exists(): raise MissingAsset(f"`clip` = {p} has no open_clip_config.json: {EVAL_ASSETS['clip']}")
+        if not (p / 'open_clip_config.json').exists(): raise MissingAsset(f"`clip` = {p} has no open_clip_config.json: {ASSETS['clip']}")
         m, _, tok = toy_clip.load_toy_clip(p, device); return m, tok
     import open_clip
     if not model_name: raise MissingAsset(f"`clip` = {p} is a weights file: also give its architecture (`clip_model`, e.g. 'ViT-L-14')")

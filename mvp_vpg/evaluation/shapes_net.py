@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 from torch_fidelity import calculate_metrics
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+from ..utils.params import load_params
 from ..data import shapes
 from ..data.shapes import CLASSES, COLORS, SHAPES, PROMPT_CATEGORIES, Scene, build_split, render_scene, check_prompt
 from ..models.checkpoints import save_artifact, read_artifact_config, read_state_dict
@@ -234,7 +234,7 @@ def split_data(split: str, n: int, seed: int = 0, size: int = 32, p_two: float =
 
 # %% ../../nbs/12_scorer.ipynb #2175bf2b
 def _load_params(params) -> dict:
-    if isinstance(params, (str, Path)): return yaml.safe_load(Path(params).read_text())
+    if isinstance(params, (str, Path)): return load_params(params)
     return params
 
 def _degrade(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -6,22 +6,24 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/generate.html.md"""
 
 # %% ../../nbs/50_generate.ipynb #0ff99919
 from __future__ import annotations
-import argparse, datetime, hashlib, json, os, re, sys, threading
+import argparse, hashlib, json, os, re, sys, threading, datetime
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
+from ..utils.io import write_json, write_text, file_hash
+from ..utils.params import MissingAsset, load_params, active_profile
+from ..utils.distributed import dist_env, default_device, init_distributed, process_group, barrier, gather
 from ..utils.images import save_png, to_uint8
 from ..sampling.sampler import sample
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'image_ok', 'index_name', 'clean_stale_temps', 'class_conditions', 'prompt_conditions', 'batch_seed',
-           'n_batches', 'shard_batches', 'shard_indices', 'var_sampler', 'generate_shard', 'dist_env', 'default_device',
-           'init_distributed', 'check_resume', 'generate', 't2i_sampler', 'read_prompt_set', 'layout_name',
-           'prompt_set_checks', 'finish_layout', 'tiles_dir', 'profile_text_encoder', 'parse_args',
-           'load_tuned_for_sampling', 'tuned_t2i_sampler', 'main']
+           'n_batches', 'shard_batches', 'shard_indices', 'var_sampler', 'generate_shard', 'check_resume', 'generate',
+           't2i_sampler', 'read_prompt_set', 'layout_name', 'prompt_set_checks', 'finish_layout', 'tiles_dir',
+           'profile_text_encoder', 'parse_args', 'load_tuned_for_sampling', 'tuned_t2i_sampler', 'main']
 
 # %% ../../nbs/50_generate.ipynb #8380ee31
 def image_ok(path) -> bool:
@@ -111,39 +113,6 @@ def generate_shard(out, conds: Sequence, sampler: Callable, seed: int, batch_siz
             'drawn_batches': drawn, 'skipped_batches': skipped, 'written_files': written}
 
 # %% ../../nbs/50_generate.ipynb #b460c3e6
-def dist_env() -> tuple[int, int, int]:
-    "(rank, world_size, local_rank) from the torchrun environment (0, 1, 0 when absent)."
-    e = os.environ
-    return int(e.get('RANK', 0)), int(e.get('WORLD_SIZE', 1)), int(e.get('LOCAL_RANK', 0))
-
-def default_device(local_rank: int = 0) -> str:
-    return f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'
-
-def init_distributed(timeout_s: float = 6 * 3600, backend: str | None = None) -> bool:
-    "Initialise the process group from the environment when WORLD_SIZE > 1; True if this call created it."
-    import torch.distributed as dist
-    rank, world, local = dist_env()
-    if world <= 1 or (dist.is_available() and dist.is_initialized()): return False
-    backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')
-    if backend == 'nccl': torch.cuda.set_device(local)
-    dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
-    return True
-
-def _dist():
-    import torch.distributed as dist
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-def _barrier():
-    d = _dist()
-    if d is not None: d.barrier()
-
-def _gather(obj) -> list:
-    d = _dist()
-    if d is None: return [obj]
-    res = [None] * d.get_world_size()
-    d.all_gather_object(res, obj)
-    return res
-
 def _canon(x): return json.loads(json.dumps(x, sort_keys=True, default=str))
 
 def check_resume(manifest_path, settings: dict):
@@ -157,18 +126,14 @@ def check_resume(manifest_path, settings: dict):
         raise ValueError(f"{p.parent} already holds images generated with other settings (differs in: {', '.join(diff)}); "
                          f"use a new output folder or delete it")
 
-def _write_json(obj, path):
-    from mvp_vpg.stages.pipeline import write_json
-    write_json(obj, path)
-
 def generate(out, conds: Sequence, sampler: Callable, seed: int, batch_size: int, settings: dict | None = None,
              info: dict | None = None, name: Callable = index_name, manifest: str | None = 'manifest.json',
              max_batches: int | None = None, on_max: str = 'stop', progress: bool = True, timeout_s: float = 6 * 3600) -> dict:
     "Sharded, resumable generation of `len(conds)` images into `out` (one shard per torchrun rank). Returns the manifest."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    created = init_distributed(timeout_s)
+    _, created = init_distributed(timeout_s=timeout_s)
     try:
-        d = _dist()
+        d = process_group()
         rank, world = (d.get_rank(), d.get_world_size()) if d else (0, 1)
         n = len(conds)
         settings = _canon({**(settings or {}), 'n_images': n, 'seed': int(seed), 'batch_size': int(batch_size),
@@ -179,20 +144,20 @@ def generate(out, conds: Sequence, sampler: Callable, seed: int, batch_size: int
         man = {'settings': settings, 'complete': False, 'world_size': world, 'info': _canon(info or {})}
         if rank == 0:
             clean_stale_temps({(out / name(i)).parent for i in range(n)})
-            if mpath is not None: _write_json(man, mpath)
-        _barrier()
+            if mpath is not None: write_json(man, mpath)
+        barrier()
         stats = generate_shard(out, conds, sampler, seed, batch_size, rank, world, name, max_batches, on_max, progress)
-        _barrier()
-        all_stats = _gather(stats)
+        barrier()
+        all_stats = gather(stats)
         if rank == 0:
             missing = [i for i in range(n) if not (out / name(i)).is_file()]
             man.update(complete=not missing, n_missing=len(missing), shards=all_stats,
                        finished=datetime.datetime.now().isoformat(timespec='seconds'))
-            if mpath is not None: _write_json(man, mpath)
-        _barrier()
+            if mpath is not None: write_json(man, mpath)
+        barrier()
         return man
     finally:
-        if created: _dist().destroy_process_group()
+        if created: process_group().destroy_process_group()
 
 # %% ../../nbs/50_generate.ipynb #0013e1e8
 LAYOUTS = ('numbered', 'geneval', 'dpg')
@@ -243,9 +208,9 @@ def prompt_set_checks(layout: str, n_per_prompt: int, metas, names):
 
 def finish_layout(out, layout: str, texts, metas, names, n_per_prompt: int):
     "After a complete generation: texts.txt (numbered), per-prompt metadata (geneval) or the 2×2 grids (dpg)."
-    from mvp_vpg.evaluation.benchmarks import write_geneval_metadata, dpg_from_folder, _atomic_text
+    from mvp_vpg.evaluation.benchmarks import write_geneval_metadata, dpg_from_folder
     out = Path(out)
-    if layout == 'numbered': _atomic_text(out / 'texts.txt', '\n'.join(texts) + '\n')
+    if layout == 'numbered': write_text(out / 'texts.txt', '\n'.join(texts) + '\n')
     elif layout == 'geneval': write_geneval_metadata(out, metas)
     else: dpg_from_folder(tiles_dir(out), out, names, n_per_prompt)
 
@@ -295,7 +260,6 @@ def load_tuned_for_sampling(folder, var, device, task: str = 'c2i') -> tuple:
         if task == 't2i': raise ValueError("text-to-image generation needs --tuned <a train_mvp run with task t2i> (its text adapter)")
         return var, None, None, None
     from mvp_vpg.mvp.train import load_tuned
-    from mvp_vpg.stages.pipeline import file_hash
     f = Path(folder)
     f = f / 'tuned' if (f / 'tuned' / 'config.json').exists() else f
     if not (f / 'config.json').exists(): raise FileNotFoundError(f"--tuned {folder}: no tuned model there (train it with python -m mvp_vpg.mvp.train)")
@@ -318,7 +282,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     task = 't2i' if a.prompts is not None else 'c2i'
     try:
-        params = pipeline.load_params(a.params)
+        params = load_params(a.params)
         s = params['sample']
         spec = pipeline.variant_spec(params, a.variant)
         rank, world, local = dist_env()
@@ -334,12 +298,12 @@ def main(argv=None) -> int:
             var, prompt, tuned, _ = load_tuned_for_sampling(a.tuned, var, dev)
             g = pipeline.guidance_from_spec(spec, vae)
             sampler = var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode'], prompt)
-    except (pipeline.MissingAsset, FileNotFoundError, ValueError) as e:
+    except (MissingAsset, FileNotFoundError, ValueError) as e:
         print(f"generate: {e}", file=sys.stderr); return 2
     seed = a.seed if a.seed is not None else s['seeds'][0]
     bs = a.batch_size or s['batch_size']
-    base = {'variant': a.variant, 'profile': pipeline.active_profile(params)[0], 'sampler': spec, 'guidance': repr(g),
-            'var_sha256': pipeline.file_hash(var_p), 'vae_sha256': pipeline.file_hash(vae_p), 'tuned': tuned}
+    base = {'variant': a.variant, 'profile': active_profile(params)[0], 'sampler': spec, 'guidance': repr(g),
+            'var_sha256': file_hash(var_p), 'vae_sha256': file_hash(vae_p), 'tuned': tuned}
     info = {'var': str(var_p), 'vae': str(vae_p), 'tuned_from': a.tuned, 'device': torch.device(dev).type, 'torch': torch.__version__,
             'mvp_vpg_command': ' '.join(sys.argv)}
     out, name = Path(a.out), index_name

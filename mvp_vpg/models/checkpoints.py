@@ -6,25 +6,28 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/checkpoints.html.md"""
 
 # %% ../../nbs/03_checkpoints.ipynb #853d7859
 from __future__ import annotations
-import json, math, os, pickle, shutil, tempfile
+import json, math, pickle
 from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+from ..utils.io import atomic_write, atomic_write_dir
 from .vqvae import VQVAE, VQVAEConfig
 from .var import VAR, VARConfig
 
 # %% auto #0
 __all__ = ['CheckpointError', 'unwrap_state_dict', 'read_state_dict', 'infer_var_config', 'infer_vqvae_config',
-           'check_state_dict', 'load_strict', 'load_var', 'load_vqvae', 'atomic_write_dir', 'write_safetensors',
-           'save_artifact', 'read_artifact_config', 'save_pretrained', 'load_pretrained']
+           'check_state_dict', 'load_strict', 'load_var', 'load_vqvae', 'write_safetensors', 'save_artifact',
+           'read_artifact_config', 'save_pretrained', 'load_pretrained']
 
 # %% ../../nbs/03_checkpoints.ipynb #0398452f
 class CheckpointError(ValueError):
     "A checkpoint file that cannot be used as asked; the message names the problem and the fix."
 
+# %% ../../nbs/03_checkpoints.ipynb #bec34244
 _NESTS = (('trainer', 'var_wo_ddp'), ('trainer', 'vae_local'), ('state_dict',), ('model',), ('module',))
 
+# %% ../../nbs/03_checkpoints.ipynb #02900b6f
 def unwrap_state_dict(obj, key: str | None = None) -> dict:
     """Find the state dict inside a loaded checkpoint: bare dicts pass through; training checkpoints are unwrapped
     (`key` picks e.g. 'vae_local' from `trainer`, default 'var_wo_ddp'); a leading 'module.' (DDP) is stripped."""
@@ -42,6 +45,7 @@ def unwrap_state_dict(obj, key: str | None = None) -> dict:
     if obj and all(k.startswith('module.') for k in obj): obj = {k[len('module.'):]: v for k, v in obj.items()}
     return dict(obj)
 
+# %% ../../nbs/03_checkpoints.ipynb #5ab417aa
 def read_state_dict(path, key: str | None = None) -> dict:
     "Load a state dict from `.safetensors` or a `.pth`/`.pt`/`.bin` file (safe unpickling only), unwrapped."
     path = Path(path)
@@ -77,6 +81,7 @@ def infer_var_config(sd: dict, **overrides) -> VARConfig:
     kw.update(overrides)
     return VARConfig(**kw)
 
+# %% ../../nbs/03_checkpoints.ipynb #5c120952
 def infer_vqvae_config(sd: dict, patch_nums=None, **overrides) -> VQVAEConfig:
     "VQVAEConfig that fits `sd`; `patch_nums` is not stored in the tokenizer file (it comes from the VAR)."
     try:
@@ -116,6 +121,7 @@ def check_state_dict(model: nn.Module, sd: dict, name: str = 'checkpoint'):
     msg.append(_hint(model, sd, missing, unexpected))
     raise CheckpointError('\n  '.join(m for m in msg if m))
 
+# %% ../../nbs/03_checkpoints.ipynb #87a85e06
 def _hint(model, sd, missing, unexpected):
     if isinstance(model, VAR):
         try: cfg = infer_var_config(sd)
@@ -162,6 +168,7 @@ def load_var(path, depth: int | None = None, device='cpu', **overrides) -> VAR:
         raise CheckpointError(f"{path} holds VAR-d{cfg.depth} (width {cfg.embed_dim}), not d{depth}: use depth={cfg.depth}")
     return _build(VAR, cfg, sd, str(path), device)
 
+# %% ../../nbs/03_checkpoints.ipynb #14ab9097
 def load_vqvae(path, patch_nums=None, device='cpu', **overrides) -> VQVAE:
     "Load the multi-scale VQVAE; `patch_nums` should be the VAR's (default: the 256px pyramid, or our folder's config)."
     path = Path(path)
@@ -174,33 +181,12 @@ def load_vqvae(path, patch_nums=None, device='cpu', **overrides) -> VQVAE:
     return _build(VQVAE, cfg, sd, str(path), device)
 
 # %% ../../nbs/03_checkpoints.ipynb #238ddb15
-def atomic_write_dir(final: Path, write_fn):
-    "Run `write_fn(tmpdir)` then rename tmpdir onto `final` (replacing it); nothing partial is left at `final`."
-    final = Path(final); final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.tmp', dir=final.parent))
-    try:
-        write_fn(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; published folders get normal permissions
-        if final.exists():
-            old = final.with_name(f'.{final.name}.old'); shutil.rmtree(old, ignore_errors=True)
-            final.rename(old); tmp.rename(final); shutil.rmtree(old, ignore_errors=True)
-        else: tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-
 def write_safetensors(sd: dict, path, metadata: dict | None = None):
     "Save tensors to `path` atomically (temp file + rename)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to('cpu').contiguous().clone() for k, v in sd.items()}  # clone: safetensors refuses shared storage
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent); os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
+    return atomic_write(path, lambda t: save_file(tensors, str(t), metadata={k: str(v) for k, v in (metadata or {}).items()}))
 
+# %% ../../nbs/03_checkpoints.ipynb #29af500e
 def save_artifact(tensors: dict, config: dict, folder, weights: str = 'model.safetensors', config_name: str = 'config.json') -> Path:
     "Write an artifact folder — safetensors weights + a JSON config — atomically; the layout of every model we save."
     def write(tmp):
@@ -209,6 +195,7 @@ def save_artifact(tensors: dict, config: dict, folder, weights: str = 'model.saf
     atomic_write_dir(Path(folder), write)
     return Path(folder)
 
+# %% ../../nbs/03_checkpoints.ipynb #b7a5de02
 def read_artifact_config(folder, expected_type: str | None = None, how_to_make: str = '') -> dict:
     "The config.json of an artifact folder, checked to exist and (optionally) to be of `expected_type`."
     f = Path(folder) / 'config.json'
@@ -219,12 +206,14 @@ def read_artifact_config(folder, expected_type: str | None = None, how_to_make: 
         raise CheckpointError(f"{f} describes a {cfg.get('type')!r}, not a {expected_type!r}")
     return cfg
 
+# %% ../../nbs/03_checkpoints.ipynb #751402e6
 def save_pretrained(model: nn.Module, folder, extra: dict | None = None):
     "Write `model.safetensors` + `config.json` ({'type', 'config', ...extra}) into `folder`, atomically."
     kind = {VAR: 'var', VQVAE: 'vqvae'}.get(type(model))
     if kind is None: raise TypeError(f"save_pretrained handles VAR and VQVAE, got {type(model).__name__}")
     save_artifact(model.state_dict(), {'type': kind, 'config': model.cfg.to_dict(), **(extra or {})}, folder)
 
+# %% ../../nbs/03_checkpoints.ipynb #091d0229
 def load_pretrained(folder, device='cpu') -> nn.Module:
     "Load a folder written by `save_pretrained` (architecture from config.json, weights strict)."
     meta = read_artifact_config(folder)

@@ -12,9 +12,9 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')   # any accidental Hub call fails f
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm.auto import tqdm
 import open_clip
+from ..utils.params import load_params
 from ..data.shapes import CLASSES, build_split, make_sentence
 from .checkpoints import save_artifact
 
@@ -109,7 +109,7 @@ def load_toy_clip(folder, device='cpu') -> tuple:
 
 # %% ../../nbs/13_toy_clip.ipynb #e2fb2eca
 def _load_params(params) -> dict:
-    if isinstance(params, (str, Path)): return yaml.safe_load(Path(params).read_text())
+    if isinstance(params, (str, Path)): return load_params(params)
     return params
 
 def evaluate_toy_clip(model, tokenizer, images, labels, records, seed: int = 0) -> dict:

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+from ..utils.images import to_pm1
 
 # %% auto #0
 __all__ = ['PATCH_NUMS_256', 'PATCH_NUMS_512', 'VQVAEConfig', 'ResnetBlock', 'AttnBlock', 'Downsample', 'Upsample', 'Encoder',
-           'Decoder', 'phi_index_table', 'Phi', 'PhiShared', 'MultiScaleQuantizer', 'VQVAE']
+           'Decoder', 'phi_index_table', 'Phi', 'PhiShared', 'MultiScaleQuantizer', 'VQVAE', 'tokenize', 'split_tokens']
 
 # %% ../../nbs/00_vqvae.ipynb #09f4c3af
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -261,3 +263,19 @@ class VQVAE(nn.Module):
         if k in state_dict and state_dict[k].shape[0] != self.quantize.ema_vocab_hit_SV.shape[0]:
             state_dict = {**state_dict, k: self.quantize.ema_vocab_hit_SV.detach().clone()}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+# %% ../../nbs/00_vqvae.ipynb #5765b183
+@torch.no_grad()
+def tokenize(vae: VQVAE, images_u8: torch.Tensor, batch_size: int = 250, progress: bool = False) -> torch.Tensor:
+    "uint8 images (N, 3, H, W) -> all scales' tokens concatenated, (N, L) int16/int32."
+    vae.eval()
+    dev = vae.quantize.embedding.weight.device
+    dt = torch.int16 if vae.cfg.vocab_size <= 32767 else torch.int32
+    out = [torch.cat(vae.img_to_idx(to_pm1(xb.to(dev))), 1).to(dt).cpu()
+           for xb in tqdm(images_u8.split(batch_size), desc='tokenizing', disable=not progress, mininterval=5)]
+    return torch.cat(out)
+
+# %% ../../nbs/00_vqvae.ipynb #be828c6b
+def split_tokens(tokens_BL: torch.Tensor, patch_nums) -> list:
+    "(B, L) -> list of per-scale (B, pn*pn) int64."
+    return list(tokens_BL.long().split([pn * pn for pn in patch_nums], 1))

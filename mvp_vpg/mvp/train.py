@@ -6,7 +6,7 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/train_mvp.html.md"""
 
 # %% ../../nbs/43_train_mvp.ipynb #37ee784b
 from __future__ import annotations
-import argparse, json, math, os, resource, shutil, sys, time
+import argparse, json, math, shutil, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -16,12 +16,17 @@ import torch.nn.functional as F
 import torch.distributed as dist
 import yaml
 from tqdm.auto import tqdm
+from ..utils.io import atomic_write_dir, write_json, file_hash, fingerprint
+from ..utils.params import MissingAsset, active_profile, is_toy, require_path
+from ..utils.distributed import dist_info, init_distributed, allreduce_mean_, broadcast_, barrier
+from ..utils.training import batch_indices, lr_at, autocast, reset_peak_memory, peak_memory, open_live
+from ..utils.images import images_to_tensor, read_rgb
 from ..data import shapes
+from ..models.vqvae import tokenize, split_tokens
 from ..models.var import VAR
 from .prompts import MultiScalePrompt, PrefilledPrompt, TunablePrompt, save_prompt, load_prompt
 from .semantic import SemanticRefinement, mvp_loss
-from ..models.checkpoints import atomic_write_dir, write_safetensors, save_artifact, read_artifact_config, read_state_dict, save_pretrained, load_pretrained
-from ..toy.train import batch_indices, lr_at, fingerprint, tokenize, split_tokens, images_to_tensor, autocast
+from ..models.checkpoints import write_safetensors, save_artifact, read_artifact_config, read_state_dict, save_pretrained, load_pretrained
 from ..sampling.sampler import CFG, NoGuidance, SampleOutput, sample
 
 # %% auto #0
@@ -29,8 +34,7 @@ __all__ = ['METHODS', 'TASKS', 'DEFAULT_LR', 'MVP_DEFAULTS', 'IMAGE_SUFFIXES', '
            'mvp_section', 'method_lr', 'tuning_examples', 'TuningData', 'make_tuning_data', 'add_text_embeddings',
            'tuning_split', 'TextAdapter', 'save_text_adapter', 'load_text_adapter', 'forward_cond', 'sample_t2i',
            'QLoRAUnavailable', 'check_qlora_available', 'quantize_4bit_', 'add_lora', 'lora_state_dict',
-           'base_state_dict', 'Tuner', 'load_tuned', 'dist_info', 'init_distributed', 'allreduce_mean_', 'broadcast_',
-           'reset_peak_memory', 'peak_memory', 'open_live', 'save_state', 'load_state', 'read_state_meta', 'eval_ce',
+           'base_state_dict', 'Tuner', 'load_tuned', 'save_state', 'load_state', 'read_state_meta', 'eval_ce',
            'train_tuner', 'background_of', 'target_match', 'eval_guidance', 'geneval_t2i', 'sample_t2i_to_folder',
            'evaluate_tuned', 'image_folder_files', 'load_square', 'read_captions', 'real_tuning_split', 'run', 'main']
 
@@ -395,66 +399,6 @@ def load_tuned(folder, var: VAR, device='cpu') -> Tuner:
         for p in var.parameters(): p.requires_grad_(False)
     return t
 
-# %% ../../nbs/43_train_mvp.ipynb #e19069ca
-def dist_info() -> tuple:
-    "(rank, world_size) of the running process group, (0, 1) without one."
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-def init_distributed(device: str | None = None) -> tuple:
-    "Under torchrun (WORLD_SIZE > 1) join the process group (NCCL on CUDA, gloo on CPU); returns (rank, world, device)."
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    if device is None: device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if world > 1 and not dist.is_initialized():
-        if device.startswith('cuda'):
-            lr_ = int(os.environ.get('LOCAL_RANK', '0')); torch.cuda.set_device(lr_); device = f'cuda:{lr_}'
-        dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
-    r, w = dist_info()
-    return r, w, device
-
-def allreduce_mean_(tensors: list):
-    "Average tensors across processes in place with one coalesced all_reduce (no-op without a process group)."
-    _, world = dist_info()
-    if world == 1 or not tensors: return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat); flat /= world
-    o = 0
-    for t in tensors: t.copy_(flat[o:o + t.numel()].view_as(t)); o += t.numel()
-
-def broadcast_(tensors: list, src: int = 0):
-    if dist_info()[1] == 1: return
-    for t in tensors: dist.broadcast(t.data, src)
-
-def reset_peak_memory(device) -> bool:
-    "Start a new peak-memory window: CUDA peak stats, or on Linux the process's RSS high-water mark (/proc/self/clear_refs)."
-    if torch.device(device).type == 'cuda': torch.cuda.reset_peak_memory_stats(device); return True
-    try:
-        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
-        return True
-    except OSError: return False
-
-def _vm_hwm_mb():
-    try:
-        for line in open('/proc/self/status'):
-            if line.startswith('VmHWM:'): return int(line.split()[1]) / 1024
-    except OSError: pass
-    return None
-
-def peak_memory(device, since_reset: bool = True) -> dict:
-    """CUDA max allocated (MB); on CPU the peak resident set size (MB) of the whole process — since `reset_peak_memory`
-    where Linux allows it ('cpu_peak_rss'), else over the process's life ('cpu_max_rss', includes data preparation)."""
-    if torch.device(device).type == 'cuda':
-        return dict(peak_memory_mb=torch.cuda.max_memory_allocated(device) / 2 ** 20, peak_memory_kind='cuda_max_allocated')
-    hwm = _vm_hwm_mb()
-    if since_reset and hwm is not None: return dict(peak_memory_mb=hwm, peak_memory_kind='cpu_peak_rss')
-    return dict(peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, peak_memory_kind='cpu_max_rss')
-
-def open_live(folder, resume: bool):
-    "A DVCLive logger writing only into `folder` (no dvc.yaml, no experiment refs), or None when dvclive is not installed."
-    try: from dvclive import Live
-    except ImportError: return None
-    return Live(dir=str(folder), resume=resume, save_dvc_exp=False, dvcyaml=False, report=None)
-
 # %% ../../nbs/43_train_mvp.ipynb #8a58ea88
 def save_state(folder, tuner: Tuner, opt, step: int, meta: dict):
     "Atomically (re)write `folder`: trainable tensors, optimizer state, `meta` + step."
@@ -531,7 +475,7 @@ def train_tuner(tuner: Tuner, vae, data: TuningData, cfg: dict, out, *, semantic
     if meta is not None and (meta.get('fingerprint') != fp or meta['step'] > steps):
         if rank == 0: log(f"{state_dir}: settings changed (or more steps than asked), starting afresh"); shutil.rmtree(state_dir, ignore_errors=True)
         meta = None
-    if world > 1: dist.barrier()
+    barrier()
     if meta is not None:
         meta = load_state(state_dir, tuner, opt)
         start, history = meta['step'], meta['history']
@@ -596,7 +540,7 @@ def train_tuner(tuner: Tuner, vae, data: TuningData, cfg: dict, out, *, semantic
             save_state(state_dir, tuner, opt, step + 1, meta)
     bar.close()
     mem = peak_memory(dev, was_reset)
-    if world > 1: dist.barrier()
+    barrier()
     res = {'history': history, 'start_step': start, 'step': end}
     if end < steps or rank != 0:
         if live is not None: live.end()
@@ -619,12 +563,9 @@ def train_tuner(tuner: Tuner, vae, data: TuningData, cfg: dict, out, *, semantic
         live.end()
     if save_artifacts:
         tuner.save(out / 'tuned', extra={'train': {k: v for k, v in cfg.items()}, 'metrics': m})
-        _write_json(m, out / 'metrics.json')
+        write_json(m, out / 'metrics.json')
     return {**res, 'metrics': m}
 
-def _write_json(obj, path):
-    from mvp_vpg.stages.pipeline import write_json
-    write_json(obj, path)
 
 # %% ../../nbs/43_train_mvp.ipynb #118b14a7
 def background_of(images) -> list:
@@ -654,7 +595,6 @@ def _samples_dir(folder: Path, key: str) -> Path:
     return folder
 
 def _tuned_key(tuned: Path | None, method: str, ev: dict) -> str:
-    from mvp_vpg.stages.pipeline import file_hash
     parts = [method, json.dumps({k: v for k, v in ev.items() if k != 'seeds'}, sort_keys=True)]   # one folder per seed
     if tuned is not None:
         parts += sorted(f'{p.relative_to(tuned)}:{file_hash(p)}' for p in Path(tuned).rglob('*.safetensors'))
@@ -668,7 +608,6 @@ def eval_guidance(ev: dict, vae):
 def geneval_t2i(tuner: Tuner, vae, clip, tokenizer, ev: dict, out, seed: int, scorer_folder, guidance) -> dict:
     "Toy GenEval of a text-to-image tuner: every category's prompts as text, scored by the shapes network."
     from mvp_vpg.evaluation import benchmarks as B
-    from mvp_vpg.evaluation.evaluators import read_rgb
     from mvp_vpg.models.toy_clip import encode_texts
     items = shapes.geneval_prompts(0, ev['geneval_per_category'])
     n = ev['geneval_per_prompt']
@@ -694,7 +633,7 @@ def evaluate_tuned(tuner: Tuner | None, var: VAR, vae, cfg: dict, data_params: d
                    clip=None, tokenizer=None, method: str | None = None, extra: dict | None = None, tuned_dir=None) -> dict:
     """Sample and score (see above) into `out/samples/seed*/` and `out/eval.json`; `tuner=None` evaluates the bare `var` (base).
     `tuned_dir` is where the tuner's artefacts lie (default `out/tuned`): samples are redrawn when they change."""
-    from mvp_vpg.stages.pipeline import sample_to_folder, aggregate, write_json
+    from mvp_vpg.stages.pipeline import sample_to_folder, aggregate
     from mvp_vpg.evaluation.shapes_net import fidelity_metrics, class_accuracy, load_image_folder, load_scorer
     from mvp_vpg.models.toy_clip import clip_score
     out, ev = Path(out), cfg['eval']
@@ -765,7 +704,7 @@ def read_captions(path) -> dict:
 def real_tuning_split(root, cfg: dict, split: str, size: int, n: int | None = None, captions: dict | None = None,
                       need_captions: bool = False, num_classes: int | None = None, seed: int = 0) -> tuple:
     "(images, labels, records) of `root/train` for `split` (train: the first `data.n` in a seeded order, val: the next `n_val`)."
-    from mvp_vpg.stages.pipeline import photo_sentence, MissingAsset
+    from mvp_vpg.stages.pipeline import photo_sentence
     files, classes = image_folder_files(root, 'train')
     if num_classes is not None and len(classes) > num_classes:
         raise ValueError(f"{root} has {len(classes)} classes but the VAR has {num_classes} class embeddings")
@@ -786,7 +725,6 @@ def real_tuning_split(root, cfg: dict, split: str, size: int, n: int | None = No
 # %% ../../nbs/43_train_mvp.ipynb #c79234f1
 def _model_paths(params, a, need_clip: bool = True) -> dict:
     "Files of the base VAR, VQVAE, CLIP, scorer (and data): the profile's, unless given on the command line."
-    from mvp_vpg.stages.pipeline import active_profile, is_toy, require_path
     if not is_toy(params):
         paths = {k: Path(getattr(a, k)) if getattr(a, k) else require_path(params, k) for k in ('var', 'vae', 'data')}
         paths['clip'] = (Path(a.clip) if a.clip else require_path(params, 'clip')) if need_clip else None
@@ -818,8 +756,8 @@ def run(params: dict, a) -> dict:
     if method == 'qlora': check_qlora_available()
     if method == 'base' and task == 't2i': raise ValueError("the base model has no text adapter: evaluate t2i only after training one")
     if a.threads: torch.set_num_threads(a.threads)
-    rank, world, device = init_distributed(a.device)
-    from mvp_vpg.stages.pipeline import is_toy, active_profile
+    device, _ = init_distributed(a.device)
+    rank, world = dist_info()
     toy = is_toy(params)
     semantic_on = cfg['lambda_sen'] > 0 or cfg['lambda_cap'] > 0
     paths = _model_paths(params, a, need_clip=toy or semantic_on or task == 't2i')
@@ -838,7 +776,6 @@ def run(params: dict, a) -> dict:
                                  need_captions=task == 't2i' or (name == 'train' and cfg['lambda_cap'] > 0),
                                  num_classes=var.num_classes, seed=cfg['seed'])
     out, res = Path(a.out), {}
-    from mvp_vpg.stages.pipeline import file_hash
     prov = {'base_var': str(paths['var']), 'base_var_sha256': file_hash(paths['var']), 'vae_sha256': file_hash(paths['vae'])}
     tuner = None
     if src is not None: tuner = load_tuned(src, var, device)
@@ -862,7 +799,6 @@ def run(params: dict, a) -> dict:
                                 extra={**prov, 'run': a.run, 'tuned_from': cfg['tuned_from']}, tuned_dir=src)
             print(json.dumps(ev['metrics'], indent=1))
         if a.metrics:
-            from mvp_vpg.stages.pipeline import write_json
             read = lambda f: json.loads(f.read_text()) if f.exists() else None
             write_json({'method': method, 'task': task, 'train': read(out / 'metrics.json'), 'eval': read(out / 'eval.json')}, a.metrics)
     if world > 1: dist.barrier(); dist.destroy_process_group()

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ..models.checkpoints import load_var, load_vqvae
 from ..sampling.sampler import sample, CFG
 from ..vpg.guidance import VPG, VARIANTS, REDRAWS
+from ..utils.io import write_json
 from ..utils.images import to_uint8, save_png, save_grid
 
 # %% auto #0
@@ -93,7 +94,7 @@ def run_sample(a) -> Path:
     imgs = torch.cat(firsts)
     save_grid(imgs[:256], out / 'grid.png', nrow=a.grid_cols or (a.n_per_class if a.n_per_class > 1 else 8))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
-    (out / 'samples.json').write_text(json.dumps({'settings': settings, 'samples': records}, indent=1))
+    write_json({'settings': settings, 'samples': records}, out / 'samples.json')
     return out
 
 def main(argv=None):

@@ -6,12 +6,13 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/pipeline.html.md"""
 
 # %% ../../nbs/20_pipeline.ipynb #35bf2e24
 from __future__ import annotations
-import argparse, hashlib, json, os, sys, tempfile
+import argparse, json, sys
 from pathlib import Path
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
+from ..utils.io import atomic_write, write_json, write_jsonl, write_text, file_hash
+from ..utils.params import MissingAsset, load_params, active_profile, require_path, is_toy
 from ..data import shapes
 from ..models.checkpoints import load_pretrained, load_var, load_vqvae
 from ..utils.images import to_uint8, save_png
@@ -19,72 +20,23 @@ from ..sampling.sampler import sample, CFG
 from ..vpg.guidance import VPG
 
 # %% auto #0
-__all__ = ['HOW_TO_GET', 'STAGES', 'MissingAsset', 'load_params', 'active_profile', 'require_path', 'is_toy', 'write_json',
-           'stage_data', 'load_split', 'caption_record', 'stage_captions', 'photo_sentence', 'caption_folder_blip2',
-           'file_hash', 'base_model_paths', 'load_base_models', 'sample_to_folder', 'variant_spec',
-           'guidance_from_spec', 'stage_sample', 'sweep_name', 'stage_sample_sweep', 'mean_std', 'aggregate',
-           'stage_evaluate', 'main']
-
-# %% ../../nbs/20_pipeline.ipynb #10c7bab8
-class MissingAsset(FileNotFoundError):
-    "A stage needs a local file the active profile does not provide."
-
-HOW_TO_GET = {
-    'var': "download var_d16.pth … var_d30.pth / var_d36.pth from the Hugging Face repo FoundationVision/var",
-    'vae': "download vae_ch160v4096z32.pth from the Hugging Face repo FoundationVision/var",
-    'inception': "place the FID Inception weights (pt_inception-2015-12-05-6726825d.pth, from torch-fidelity's GitHub release) locally",
-    'data': "an ImageFolder-style dataset folder (train/<class>/*.JPEG)",
-    'blip2': "a local copy of a BLIP-2 checkpoint (e.g. Salesforce/blip2-opt-2.7b) saved with save_pretrained",
-}
-
-def load_params(path='params.yaml') -> dict:
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"{path} not found: run stages from the repository root")
-    return yaml.safe_load(path.read_text())
-
-def active_profile(params: dict) -> tuple[str, dict]:
-    "(name, settings) of the profile selected by `params['profile']`."
-    name = params.get('profile', 'toy')
-    profiles = params.get('profiles', {})
-    if name not in profiles: raise ValueError(f"profile {name!r} is not defined under `profiles:` in params.yaml (have {sorted(profiles)})")
-    return name, profiles[name] or {}
-
-def require_path(params: dict, key: str) -> Path:
-    "The profile's local path `key`, checked to exist; `MissingAsset` naming what to set otherwise."
-    name, prof = active_profile(params)
-    val = prof.get(key) or ''
-    if not val:
-        raise MissingAsset(f"profile {name!r} needs `profiles.{name}.{key}` in params.yaml (empty now): {HOW_TO_GET.get(key, 'a local path')}")
-    p = Path(val).expanduser()
-    if not p.exists(): raise MissingAsset(f"profiles.{name}.{key} = {val} does not exist: {HOW_TO_GET.get(key, 'check the path')}")
-    return p
-
-def is_toy(params) -> bool: return active_profile(params)[0] == 'toy'
+__all__ = ['STAGES', 'stage_data', 'load_split', 'caption_record', 'stage_captions', 'photo_sentence', 'caption_folder_blip2',
+           'base_model_paths', 'load_base_models', 'sample_to_folder', 'variant_spec', 'guidance_from_spec',
+           'stage_sample', 'sweep_name', 'stage_sample_sweep', 'mean_std', 'aggregate', 'stage_evaluate', 'main']
 
 # %% ../../nbs/20_pipeline.ipynb #8b15768e
-def _atomic_bytes(path: Path, write):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent); os.close(fd)
-    try: write(tmp); os.chmod(tmp, 0o644); os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
-
-def write_json(obj, path):
-    "JSON file written atomically."
-    _atomic_bytes(Path(path), lambda t: Path(t).write_text(json.dumps(obj, indent=1)))
-
 def stage_data(params: dict, out='data/shapes'):
     "Render the toy splits (train/val/test npz + records JSONL, test PNGs)."
     if not is_toy(params): require_path(params, 'data'); return  # real data is used in place
     d, out = params['data'], Path(out)
     for split in shapes.SPLITS:
         imgs, labels, recs = shapes.build_split(split, d[f'n_{split}'], seed=d['seed'], size=d['size'], p_two=d['p_two'])
-        _atomic_bytes(out / f'{split}.npz', lambda t: np.savez_compressed(open(t, 'wb'), images=imgs, labels=labels))
-        _atomic_bytes(out / f'{split}_records.jsonl', lambda t: Path(t).write_text(''.join(json.dumps(r) + '\n' for r in recs)))
+        atomic_write(out / f'{split}.npz', lambda t: np.savez_compressed(t, images=imgs, labels=labels))
+        write_jsonl(recs, out / f'{split}_records.jsonl')
         if split == 'test':
             for i, im in enumerate(tqdm(imgs, desc='test PNGs', leave=False)): save_png(im, out / 'test_png' / f'{i:06d}.png')
 
+# %% ../../nbs/20_pipeline.ipynb #06765a08
 def load_split(split, root='data/shapes'):
     "(images uint8 (N,H,W,3), labels int64 (N,)) written by the data stage."
     f = Path(root) / f'{split}.npz'
@@ -92,23 +44,27 @@ def load_split(split, root='data/shapes'):
     z = np.load(f)
     return z['images'], z['labels']
 
+# %% ../../nbs/20_pipeline.ipynb #f22977cc
 def caption_record(rec: dict) -> dict:
     return {k: rec[k] for k in ('id', 'label', 'class_name', 'sentence', 'caption')}
 
+# %% ../../nbs/20_pipeline.ipynb #20403996
 def stage_captions(params: dict, out='data/captions', root='data/shapes'):
     "One JSONL per split: id, label, class_name, sentence, caption (ground truth on toy, BLIP-2 on real data)."
     out = Path(out)
     if is_toy(params):
         for split in shapes.SPLITS:
             lines = [json.dumps(caption_record(json.loads(l))) + '\n' for l in (Path(root) / f'{split}_records.jsonl').read_text().splitlines()]
-            _atomic_bytes(out / f'{split}.jsonl', lambda t: Path(t).write_text(''.join(lines)))
+            write_text(out / f'{split}.jsonl', ''.join(lines))
         return
     caption_folder_blip2(require_path(params, 'data'), require_path(params, 'blip2'), out / 'train.jsonl')
 
+# %% ../../nbs/20_pipeline.ipynb #1d24fa3d
 def photo_sentence(class_name: str) -> str:
     "The sentence-level tuning text for any class name: 'a photo of a/an {class}'."
     return f"a photo of {'an' if class_name[:1].lower() in 'aeiou' else 'a'} {class_name}"
 
+# %% ../../nbs/20_pipeline.ipynb #27ddc8d3
 def caption_folder_blip2(data_dir: Path, blip2_dir: Path, out: Path, batch_size=16, device=None):
     "Caption an ImageFolder tree with a local BLIP-2 (transformers), resumable: ids already in `out` are skipped."
     try: from transformers import Blip2Processor, Blip2ForConditionalGeneration
@@ -134,15 +90,6 @@ def caption_folder_blip2(data_dir: Path, blip2_dir: Path, out: Path, batch_size=
             fh.flush()  # whole lines only: a killed run resumes from the last complete batch
 
 # %% ../../nbs/20_pipeline.ipynb #42a3f376
-def file_hash(path, n=1 << 20) -> str:
-    "sha256 of a file (or of a folder's model.safetensors), for manifests."
-    p = Path(path)
-    if p.is_dir(): p = p / 'model.safetensors'
-    h = hashlib.sha256()
-    with open(p, 'rb') as f:
-        for chunk in iter(lambda: f.read(n), b''): h.update(chunk)
-    return h.hexdigest()
-
 def base_model_paths(params) -> tuple[Path, Path]:
     "(VAR, VQVAE) checkpoint paths of the active profile."
     if is_toy(params):
@@ -153,6 +100,7 @@ def base_model_paths(params) -> tuple[Path, Path]:
         return root / 'var', root / 'vqvae'
     return require_path(params, 'var'), require_path(params, 'vae')
 
+# %% ../../nbs/20_pipeline.ipynb #6d0d15e4
 def load_base_models(params, device='cpu'):
     var_p, vae_p = base_model_paths(params)
     var = load_var(var_p, device=device)
@@ -169,6 +117,7 @@ def sample_to_folder(var, vae, out, n_per_class, seed, batch_size=100, guidance=
                    seed, batch_size, desc=desc)
     return out
 
+# %% ../../nbs/20_pipeline.ipynb #e10ebb40
 def variant_spec(params, variant: str) -> dict:
     "Sampler settings of a variant: `sample` defaults overridden by `variants.<name>` (or a sweep point)."
     variants = params.get('variants', {})
@@ -177,6 +126,7 @@ def variant_spec(params, variant: str) -> dict:
     spec.update(variants[variant] or {})
     return spec
 
+# %% ../../nbs/20_pipeline.ipynb #eb65f65f
 def guidance_from_spec(spec: dict, vae=None):
     "CFG(spec.cfg), wrapped in VPG when spec has a non-zero `vpg_lambda`."
     g = CFG(spec['cfg'])
@@ -186,6 +136,7 @@ def guidance_from_spec(spec: dict, vae=None):
     return VPG(lam, spec.get('vpg_p', 0.5), variant, spec.get('vpg_redraw', 'per_scale'), spec.get('vpg_schedule', 'all'),
                base=g, codebook=vae.quantize.embedding.weight if variant == 'codebook' else None)
 
+# %% ../../nbs/20_pipeline.ipynb #fa6d77e1
 def stage_sample(params, variant='base', out_root='outputs/samples', spec: dict | None = None):
     "Sample a variant for every seed in `sample.seeds` into `out_root/<variant>/seed<s>/`, with a manifest."
     s = params['sample']
@@ -202,8 +153,10 @@ def stage_sample(params, variant='base', out_root='outputs/samples', spec: dict 
                 'guidance': repr(g), 'seeds': s['seeds'], 'seed_rule': 'generator seed = seed*1000003 + batch index',
                 'classes': var.num_classes}, Path(out_root) / variant / 'manifest.json')
 
+# %% ../../nbs/20_pipeline.ipynb #53958dc1
 def sweep_name(lam, p) -> str: return f"vpg_sweep_lam{lam}_p{p}"
 
+# %% ../../nbs/20_pipeline.ipynb #d60252d3
 def stage_sample_sweep(params, lam: float, p: float):
     "One point of the VPG λ × p sweep: `vpg_sweep.spec` with vpg_lambda=lam, vpg_p=p."
     spec = {k: params['sample'][k] for k in ('cfg', 'top_k', 'top_p', 'mode')}
@@ -215,10 +168,12 @@ def mean_std(values) -> dict:
     a = np.asarray(values, dtype=float)
     return {'mean': float(a.mean()), 'std': float(a.std(ddof=1)) if len(a) > 1 else 0.0, 'per_seed': [float(v) for v in a]}
 
+# %% ../../nbs/20_pipeline.ipynb #17c4826d
 def aggregate(per_seed: list[dict]) -> dict:
     "List of per-seed metric dicts -> {metric: {mean, std, per_seed}}."
     return {k: mean_std([m[k] for m in per_seed]) for k in per_seed[0]}
 
+# %% ../../nbs/20_pipeline.ipynb #dafca0c4
 def stage_evaluate(params, variant='base', samples_root='outputs/samples', ref_dir='data/shapes/test_png', out='metrics'):
     "Metrics of one sampled variant (per seed, then mean ± std) into `metrics/<variant>.json`."
     from mvp_vpg.evaluation import shapes_net as scorer
@@ -243,6 +198,7 @@ def stage_evaluate(params, variant='base', samples_root='outputs/samples', ref_d
 STAGES = {'data': stage_data, 'captions': stage_captions, 'sample': stage_sample, 'evaluate': stage_evaluate,
           'sample_sweep': stage_sample_sweep}
 
+# %% ../../nbs/20_pipeline.ipynb #de89e4a8
 def main(argv=None):
     p = argparse.ArgumentParser(prog='python -m mvp_vpg.stages.pipeline', description='run one pipeline stage')
     p.add_argument('stage', choices=sorted(STAGES))
@@ -261,4 +217,5 @@ def main(argv=None):
     except (MissingAsset, FileNotFoundError, ValueError) as e:
         sys.exit(f"stage {a.stage}: {e}")
 
+# %% ../../nbs/20_pipeline.ipynb #6ed94fc5
 if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'IPython' not in sys.modules: main()

@@ -6,27 +6,28 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/toy_train.html.md"""
 
 # %% ../../nbs/11_toy_train.ipynb #118c7e68
 from __future__ import annotations
-import argparse, hashlib, json, math, shutil, sys, time
+import argparse, json, math, shutil, sys, time
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 from tqdm.auto import tqdm
-from ..models.vqvae import VQVAE, VQVAEConfig
+from ..utils.io import atomic_write_dir, file_hash, fingerprint
+from ..utils.params import load_params
+from ..utils.training import batch_indices, lr_at, autocast
+from ..utils.images import save_grid, images_to_tensor, to_pm1
+from ..models.vqvae import VQVAE, VQVAEConfig, tokenize, split_tokens
 from ..models.var import VAR, VARConfig
-from ..models.checkpoints import save_pretrained, load_pretrained, atomic_write_dir, write_safetensors, read_state_dict
-from ..utils.images import save_grid
+from ..models.checkpoints import save_pretrained, load_pretrained, write_safetensors, read_state_dict
 from ..sampling.sampler import sample, CFG
 from ..data import shapes
 
 # %% auto #0
-__all__ = ['REQUIRED', 'OPTIONAL', 'section', 'load_params', 'vqvae_config', 'var_config', 'batch_indices', 'lr_at',
-           'images_to_tensor', 'to_pm1', 'fingerprint', 'file_sha', 'default_state_dir', 'autocast', 'save_train_state',
+__all__ = ['REQUIRED', 'OPTIONAL', 'section', 'vqvae_config', 'var_config', 'default_state_dir', 'save_train_state',
            'load_train_state', 'read_meta', 'quantize_train', 'init_codebook', 'reset_dead_codes', 'edge_l1',
-           'recon_loss', 'vqvae_metrics', 'train_vqvae', 'tokenize', 'split_tokens', 'var_param_groups', 'var_metrics',
-           'train_var', 'preview_recon', 'preview_samples', 'main']
+           'recon_loss', 'vqvae_metrics', 'train_vqvae', 'var_param_groups', 'var_metrics', 'train_var',
+           'preview_recon', 'preview_samples', 'main']
 
 # %% ../../nbs/11_toy_train.ipynb #f628ce94
 REQUIRED = {
@@ -44,6 +45,7 @@ OPTIONAL = {
                 ckpt_every=250, amp='fp32', eval_n=1000),
 }
 
+# %% ../../nbs/11_toy_train.ipynb #780c0cf4
 def section(params: dict, name: str) -> dict:
     "The `name` section of `params` with defaults filled in; `ValueError` naming a missing, unknown or bad key."
     if not isinstance(params, dict): raise ValueError(f"params must be a dict (params.yaml), got {type(params).__name__}")
@@ -65,11 +67,7 @@ def section(params: dict, name: str) -> dict:
         raise ValueError(f"params.yaml: '{name}.amp' must be 'fp32' or 'bf16', got {out['amp']!r}")
     return out
 
-def load_params(path) -> dict:
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"{path} not found (run from the repository root or pass --params)")
-    return yaml.safe_load(path.read_text())
-
+# %% ../../nbs/11_toy_train.ipynb #81fd4e39
 def vqvae_config(params: dict) -> VQVAEConfig:
     "The tokenizer architecture of `params['vqvae']`, checked against the image size of `params['data']`."
     d, v = section(params, 'data'), section(params, 'vqvae')
@@ -81,6 +79,7 @@ def vqvae_config(params: dict) -> VQVAEConfig:
         raise ValueError(f"params.yaml: vqvae.patch_nums[-1] * 2**(len(ch_mult)-1) = {cfg.resolution} must equal data.size = {d['size']}")
     return cfg
 
+# %% ../../nbs/11_toy_train.ipynb #65b7ac90
 def var_config(params: dict, vae_cfg: VQVAEConfig) -> VARConfig:
     "The VAR of `params['var']` on top of the tokenizer `vae_cfg`, one class per Shapes class."
     v = section(params, 'var')
@@ -89,41 +88,9 @@ def var_config(params: dict, vae_cfg: VQVAEConfig) -> VARConfig:
                      mlp_ratio=v['mlp_ratio'], cond_drop_rate=v['cond_drop_rate'], drop_path_rate=v['drop_path_rate'])
 
 # %% ../../nbs/11_toy_train.ipynb #c6a7d94f
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-    "Indices of the batch of `step`: epochs are seeded permutations; batches never straddle epochs."
-    per_epoch = max(n // batch_size, 1)
-    epoch, b = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[b * batch_size:(b + 1) * batch_size]
-
-def lr_at(step: int, steps: int, peak: float, warmup: float = 0.05, final: float = 0.1) -> float:
-    "Learning rate of `step` (0-based) of `steps`: warm-up fraction `warmup`, 5% plateau, linear decay to final·peak."
-    wp = max(round(warmup * steps), 1)
-    if step < wp: return peak * (0.005 + 0.995 * step / wp)
-    plateau = wp + round(0.05 * (steps - wp))
-    if step < plateau: return peak
-    return peak * (1 - (1 - final) * (step - plateau) / max(steps - 1 - plateau, 1))
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    "uint8 (N, H, W, 3) -> uint8 tensor (N, 3, H, W) (converted to [-1, 1] per batch)."
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
-
-def to_pm1(x_u8: torch.Tensor) -> torch.Tensor: return x_u8.float().div_(127.5).sub_(1)
-
-def fingerprint(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-def file_sha(path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''): h.update(chunk)
-    return h.hexdigest()
-
 def default_state_dir(out) -> Path:
     "Where the train state of the run writing `out` lives: a hidden sibling `.NAME.train_state`."
     out = Path(out); return out.parent / f'.{out.name}.train_state'
-
-def autocast(amp: str, device):
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp == 'bf16')
 
 # %% ../../nbs/11_toy_train.ipynb #ea05aaaf
 def save_train_state(folder, model: nn.Module, opt: torch.optim.Optimizer, step: int, meta: dict, extra_tensors: dict | None = None):
@@ -140,6 +107,7 @@ def save_train_state(folder, model: nn.Module, opt: torch.optim.Optimizer, step:
         (tmp / 'state.json').write_text(json.dumps({**meta, 'step': step, 'param_groups': groups}, indent=1))
     atomic_write_dir(Path(folder), write)
 
+# %% ../../nbs/11_toy_train.ipynb #96e6f5b4
 def load_train_state(folder, model: nn.Module, opt: torch.optim.Optimizer) -> dict:
     "Restore model, optimizer and RNG from `folder`; returns its `state.json`."
     folder = Path(folder)
@@ -155,6 +123,7 @@ def load_train_state(folder, model: nn.Module, opt: torch.optim.Optimizer) -> di
     torch.set_rng_state(t['rng'])
     return meta
 
+# %% ../../nbs/11_toy_train.ipynb #75078534
 def read_meta(folder) -> dict | None:
     f = Path(folder) / 'state.json'
     return json.loads(f.read_text()) if f.exists() else None
@@ -196,6 +165,7 @@ def init_codebook(vae: VQVAE, x: torch.Tensor, gen: torch.Generator | None = Non
     pick = torch.randint(len(pool), (V,), generator=gen)
     vae.quantize.embedding.weight.copy_(pool[pick] + 1e-3 * pool.std() * torch.randn(V, f.shape[1], generator=gen))
 
+# %% ../../nbs/11_toy_train.ipynb #7e9d5954
 @torch.no_grad()
 def reset_dead_codes(vae: VQVAE, pool: torch.Tensor, dead_frac: float = 0.03) -> int:
     "Re-draw codes used less than `dead_frac`× the mean (EMA hits) from `pool` (N, Cvae); returns how many."
@@ -214,9 +184,11 @@ def edge_l1(a, b):
     return (F.l1_loss(a[..., 1:, :] - a[..., :-1, :], b[..., 1:, :] - b[..., :-1, :]) +
             F.l1_loss(a[..., :, 1:] - a[..., :, :-1], b[..., :, 1:] - b[..., :, :-1]))
 
+# %% ../../nbs/11_toy_train.ipynb #11ce40cf
 def recon_loss(rec, x, l1=1.0, mse=1.0, edge=0.5):
     return l1 * F.l1_loss(rec, x) + mse * F.mse_loss(rec, x) + (edge * edge_l1(rec, x) if edge else 0.0)
 
+# %% ../../nbs/11_toy_train.ipynb #b621671d
 @torch.no_grad()
 def vqvae_metrics(vae: VQVAE, images_u8: torch.Tensor, batch_size: int = 250) -> dict:
     "Reconstruction quality and codebook usage of `vae` on uint8 images (N, 3, H, W)."
@@ -318,20 +290,6 @@ def train_vqvae(params: dict, out, *, state_dir=None, device='cpu', stop_at: int
     return {**res, 'metrics': m}
 
 # %% ../../nbs/11_toy_train.ipynb #db15bdd1
-@torch.no_grad()
-def tokenize(vae: VQVAE, images_u8: torch.Tensor, batch_size: int = 250, progress: bool = False) -> torch.Tensor:
-    "uint8 images (N, 3, H, W) -> all scales' tokens concatenated, (N, L) int16/int32."
-    vae.eval()
-    dev = vae.quantize.embedding.weight.device
-    dt = torch.int16 if vae.cfg.vocab_size <= 32767 else torch.int32
-    out = [torch.cat(vae.img_to_idx(to_pm1(xb.to(dev))), 1).to(dt).cpu()
-           for xb in tqdm(images_u8.split(batch_size), desc='tokenizing', disable=not progress, mininterval=5)]
-    return torch.cat(out)
-
-def split_tokens(tokens_BL: torch.Tensor, patch_nums) -> list:
-    "(B, L) -> list of per-scale (B, pn*pn) int64."
-    return list(tokens_BL.long().split([pn * pn for pn in patch_nums], 1))
-
 def var_param_groups(var: VAR, weight_decay: float) -> list:
     "AdamW groups of the official recipe: no decay for 1-D params, biases, positions, level embeddings, gains, temperatures."
     skip = ('pos_1LC', 'pos_start', 'lvl_embed', 'gamma', 'beta', 'ada_gss', 'scale_mul')
@@ -341,6 +299,7 @@ def var_param_groups(var: VAR, weight_decay: float) -> list:
         (no_decay if p.ndim <= 1 or n.endswith('bias') or any(s in n for s in skip) else decay).append(p)
     return [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
 
+# %% ../../nbs/11_toy_train.ipynb #11843d77
 @torch.no_grad()
 def var_metrics(var: VAR, vae: VQVAE, tokens: torch.Tensor, labels: torch.Tensor, batch_size: int = 250) -> dict:
     "Teacher-forced CE and token accuracy (all scales, and the last scale: 'tail') with true labels."
@@ -372,7 +331,7 @@ def train_var(params: dict, vae_folder, out, *, state_dir=None, device='cpu', st
         raise FileNotFoundError(f"tokenizer {vae_folder} not found: train it first (python -m mvp_vpg.toy.train vqvae ...)")
     steps, bs = h['steps'], h['batch_size']
     fp = fingerprint({'data': d, 'var': {k: v for k, v in h.items() if k not in ('steps', 'ckpt_every')},
-                      'vae': file_sha(vae_folder / 'model.safetensors')})
+                      'vae': file_hash(vae_folder / 'model.safetensors')})
     t0 = time.time()
     vae = load_pretrained(vae_folder, device=device).eval()
     for p in vae.parameters(): p.requires_grad_(False)
@@ -424,7 +383,7 @@ def train_var(params: dict, vae_folder, out, *, state_dir=None, device='cpu', st
     m = {'train_ce': tr['ce'], 'train_acc': tr['acc'], 'val_ce': va['ce'], 'val_acc': va['acc'],
          'train_tail_ce': tr['tail_ce'], 'val_tail_ce': va['tail_ce'], 'val_tail_acc': va['tail_acc'],
          'uniform_ce': math.log(cfg.vocab_size), 'steps': steps, 'train_wall_s': round(time.time() - t0, 1),
-         'final_loss': float(np.mean([r[1] for r in history[-50:]])), 'vae_sha256': file_sha(vae_folder / 'model.safetensors')}
+         'final_loss': float(np.mean([r[1] for r in history[-50:]])), 'vae_sha256': file_hash(vae_folder / 'model.safetensors')}
     save_pretrained(var.cpu().eval(), out, extra={'metrics': m, 'train': {'data': d, 'var': h, 'vae': str(vae_folder)}})
     log(f"{out}: val CE {m['val_ce']:.4f} acc {m['val_acc']:.4f} | train CE {m['train_ce']:.4f} acc {m['train_acc']:.4f}")
     return {**res, 'metrics': m}
@@ -439,6 +398,7 @@ def preview_recon(vae: VQVAE, params: dict, path, n: int = 32, nrow: int = 16):
     rows = [t for i in range(0, n, nrow) for t in (x[i:i + nrow], rec[i:i + nrow])]
     return save_grid(torch.cat(rows).add(1).div(2), path, nrow=nrow)
 
+# %% ../../nbs/11_toy_train.ipynb #8b6b8372
 @torch.no_grad()
 def preview_samples(var: VAR, vae: VQVAE, path, n_per_class: int = 8, cfg: float = 3.0, top_k: int = 0,
                     top_p: float = 0.0, seed: int = 0):
@@ -488,4 +448,5 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"toy_train {a.command}: error: {e}")
 
+# %% ../../nbs/11_toy_train.ipynb #579e225b
 if __name__ == '__main__' and '__file__' in globals(): main()

@@ -6,15 +6,15 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/images.html.md"""
 
 # %% ../../nbs/04_images.ipynb #78a1970d
 from __future__ import annotations
-import os, tempfile
 from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
+from .io import atomic_write
 
 # %% auto #0
-__all__ = ['to_uint8', 'save_png', 'save_grid']
+__all__ = ['to_uint8', 'save_png', 'read_rgb', 'save_grid', 'images_to_tensor', 'to_pm1']
 
 # %% ../../nbs/04_images.ipynb #c6472546
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -22,18 +22,28 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     if images.ndim != 4 or images.shape[1] != 3: raise ValueError(f"expected (B, 3, H, W) images, got {tuple(images.shape)}")
     return images.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
+# %% ../../nbs/04_images.ipynb #ef1d2f7e
 def save_png(arr: np.ndarray, path) -> Path:
     "Write one uint8 (H, W, 3) image as PNG atomically."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.stem}.', suffix='.png', dir=path.parent); os.close(fd)
-    try:
-        Image.fromarray(arr).save(tmp, format='PNG'); os.chmod(tmp, 0o644); os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda t: Image.fromarray(arr).save(t, format='PNG'))
 
+# %% ../../nbs/04_images.ipynb #72541b90
+def read_rgb(path) -> np.ndarray:
+    "An image file as uint8 (H, W, 3)."
+    with Image.open(path) as im: return np.asarray(im.convert('RGB'))
+
+# %% ../../nbs/04_images.ipynb #e0a35a7d
 def save_grid(images: torch.Tensor, path, nrow: int = 8, padding: int = 2) -> Path:
     "Tile images (B, 3, H, W) in [0, 1] into one PNG."
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding, pad_value=1.0)
     return save_png(to_uint8(grid[None])[0], path)
+
+# %% ../../nbs/04_images.ipynb #aaf658ad
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    "uint8 (N, H, W, 3) -> uint8 tensor (N, 3, H, W) (converted to [-1, 1] per batch with `to_pm1`)."
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+# %% ../../nbs/04_images.ipynb #ea6b2974
+def to_pm1(x_u8: torch.Tensor) -> torch.Tensor:
+    "uint8 images -> float in [-1, 1] (the tokenizer's input range)."
+    return x_u8.float().div_(127.5).sub_(1)
