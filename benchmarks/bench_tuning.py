@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from mvp_vpg.models.var import VAR, VARConfig
-from mvp_vpg.mvp.train import Tuner, mvp_section, method_lr
+from mvp_vpg.mvp.tuner import Tuner
+from mvp_vpg.mvp.config import mvp_section, method_lr
 
 
 class SavedBytes:

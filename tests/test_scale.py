@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest, torch, yaml
 
 from mvp_vpg.models.checkpoints import save_pretrained
-from mvp_vpg.generation.generate import image_ok, index_name
+from mvp_vpg.generation.generate import image_ok
+from mvp_vpg.generation.layouts import index_name
 from mvp_vpg.models.var import VAR
 from mvp_vpg.models.vqvae import VQVAE
 
@@ -24,7 +25,7 @@ def _free_port() -> int:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 def _cmd(params, out, nproc=None, *extra):
-    gen = ['-m', 'mvp_vpg.generation.generate', '--params', str(params), '--variant', 'vpg', '--out', str(out), '--no-progress', *extra]
+    gen = ['-m', 'mvp_vpg.stages.generate', '--params', str(params), '--variant', 'vpg', '--out', str(out), '--no-progress', *extra]
     if nproc is None: return [sys.executable, *gen]
     return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_addr', '127.0.0.1',
             '--master_port', str(_free_port()), *gen]
@@ -121,7 +122,7 @@ def test_text_to_image_generation_two_ranks_then_clip_score(world):
     """Per-prompt generation with a text-to-image run (`--prompts`): 2 ranks equal 1, texts.txt feeds the CLIP score."""
     import shutil
     from mvp_vpg.models.checkpoints import load_var
-    from mvp_vpg.mvp.train import Tuner
+    from mvp_vpg.mvp.tuner import Tuner
     if not (world / 'ck' / 'clip').exists(): shutil.copytree(ROOT / 'data/toy/clip', world / 'ck' / 'clip')
     torch.manual_seed(1)
     t = Tuner(load_var(world / 'ck' / 'var'), 'mvp', 't2i', text_dim=64)            # the toy CLIP's text width
@@ -140,7 +141,7 @@ def test_text_to_image_generation_two_ranks_then_clip_score(world):
     assert man['complete'] and man['settings']['conditions']['kind'] == 'prompt' and man['settings']['conditions']['n_per_prompt'] == 3
     assert (world / 't2i_two' / 'texts.txt').read_text().splitlines() == prompts
     out = world / 'clip.json'
-    _run([sys.executable, '-m', 'mvp_vpg.evaluation.evaluators', 'clipscore', '--params', str(world / 'params.yaml'), '--samples',
+    _run([sys.executable, '-m', 'mvp_vpg.stages.evaluators', 'clipscore', '--params', str(world / 'params.yaml'), '--samples',
           str(world / 't2i_two'), '--texts', str(world / 't2i_two' / 'texts.txt'), '--n-per-text', '3', '--out', str(out)])
     res = json.loads(out.read_text())
     assert res['n_samples'] == 9 and -100 <= res['clip_score'] <= 100

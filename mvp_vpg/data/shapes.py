@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 # %% auto #0
 __all__ = ['COLORS', 'SHAPES', 'CLASSES', 'CLASS_TO_ID', 'SIZES', 'BACKGROUNDS', 'ROWS', 'COLS', 'EDGE', 'CELL_MARGIN', 'GAP',
@@ -401,7 +402,6 @@ class ShapesDataset:
         self.images, self.labels, self.records = build_split(split, n, seed, size)
     def __len__(self): return len(self.labels)
     def __getitem__(self, i):
-        import torch
         rec = self.records[i]
         return dict(image=torch.from_numpy(self.images[i]).permute(2, 0, 1).float() / 255,
                     label=int(self.labels[i]), sentence=rec["sentence"], caption=rec["caption"])

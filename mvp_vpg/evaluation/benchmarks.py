@@ -6,26 +6,25 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/benchmarks.html.md"""
 
 # %% ../../nbs/52_benchmarks.ipynb #e4a9e9ad
 from __future__ import annotations
-import argparse, glob, json, os, re, subprocess, sys
+import csv, datetime, glob, io, json, os, re, subprocess
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
 import torch
-from ..utils.io import atomic_write, write_json, write_text, read_jsonl, file_hash
-from ..utils.params import MissingAsset, active_profile, load_params, need_path, profile_asset
-from ..utils.distributed import dist_env, default_device
+from ..utils.io import write_json, write_text, read_jsonl
+from ..utils.params import MissingAsset, need_path
 from ..utils.images import save_png, read_rgb
+from ..data.shapes import COLORS, CLASS_TO_ID, BACKGROUNDS, check_prompt, position_phrase, build_split
+from ..generation.layouts import geneval_layout, dpg_crops, _check_dpg_name
+from .shapes_net import detect_objects
 
 # %% auto #0
 __all__ = ['BENCH_ASSETS', 'GENEVAL_TASKS', 'DPG_TOY_DEFAULTS', 'DPG_CSV_COLUMNS', 'VBENCH_NORM', 'VBENCH_WEIGHT',
-           'VBENCH_QUALITY', 'VBENCH_SEMANTIC', 'VBENCH_DIMENSIONS', 'GENEVAL_TOY_DEFAULTS', 'geneval_name',
-           'write_geneval_metadata', 'write_geneval', 'geneval_layout', 'parse_geneval_results',
-           'parse_geneval_summary', 'run_geneval', 'toy_geneval_metadata', 'toy_prompt_label', 'evaluate_geneval_toy',
-           'read_dpg_prompts', 'tile_2x2', 'write_dpg', 'dpg_from_folder', 'dpg_crops', 'parse_dpg_results', 'run_dpg',
-           'toy_dpg_questions', 'toy_dpg_prompt_set', 'write_dpg_prompt_set', 'background_of_tile', 'toy_vqa',
-           'score_dpg_tile', 'evaluate_dpg_toy', 'read_vbench_info', 'vbench_prompts', 'vbench_video_name',
-           'encode_mp4', 'write_vbench_video', 'missing_vbench_videos', 'parse_vbench_results', 'vbench_scores',
-           'run_vbench', 'stage_geneval_toy', 'stage_dpg_toy', 'main']
+           'VBENCH_QUALITY', 'VBENCH_SEMANTIC', 'VBENCH_DIMENSIONS', 'parse_geneval_results', 'parse_geneval_summary',
+           'run_geneval', 'toy_geneval_metadata', 'toy_prompt_label', 'evaluate_geneval_toy', 'parse_dpg_results',
+           'run_dpg', 'toy_dpg_questions', 'toy_dpg_prompt_set', 'write_dpg_prompt_set', 'background_of_tile',
+           'toy_vqa', 'score_dpg_tile', 'evaluate_dpg_toy', 'read_vbench_info', 'vbench_prompts',
+           'parse_vbench_results', 'vbench_scores', 'run_vbench']
 
 # %% ../../nbs/52_benchmarks.ipynb #9edb17a3
 BENCH_ASSETS = {
@@ -55,38 +54,6 @@ def _newest(pattern: str, exclude: str | None = None) -> Path:
 
 # %% ../../nbs/52_benchmarks.ipynb #18662631
 GENEVAL_TASKS = ('single_object', 'two_object', 'counting', 'colors', 'position', 'color_attr')
-
-def geneval_name(n_per_prompt: int) -> Callable[[int], str]:
-    "Name function: global image i -> `<i // n:05d>/samples/<i % n:05d>.png`."
-    def name(i: int) -> str: return f'{i // n_per_prompt:05d}/samples/{i % n_per_prompt:05d}.png'
-    return name
-
-def write_geneval_metadata(out, metadatas: Sequence[dict]) -> list[Path]:
-    "`<out>/<k:05d>/metadata.jsonl` for every prompt (one JSON line), atomically."
-    paths = []
-    for k, meta in enumerate(metadatas):
-        p = Path(out) / f'{k:05d}' / 'metadata.jsonl'
-        write_text(p, json.dumps(meta) + '\n'); paths.append(p)
-    return paths
-
-def write_geneval(out, metadatas: Sequence[dict], images: Sequence) -> Path:
-    "GenEval layout from in-memory images: `images[k]` is a list/array of uint8 (H, W, 3) samples of prompt k."
-    if len(images) != len(metadatas): raise ValueError(f"{len(images)} image groups for {len(metadatas)} prompts")
-    write_geneval_metadata(out, metadatas)
-    for k, group in enumerate(images):
-        for j, im in enumerate(group): save_png(np.asarray(im, dtype=np.uint8), Path(out) / f'{k:05d}' / 'samples' / f'{j:05d}.png')
-    return Path(out)
-
-def geneval_layout(image_dir) -> list[tuple[dict, list[Path]]]:
-    "(metadata, sample paths) per prompt folder, found the way GenEval's evaluate_images.py finds them."
-    d = Path(image_dir)
-    if not d.is_dir(): raise FileNotFoundError(f"GenEval image folder not found: {d}")
-    res = []
-    for sub in sorted(p for p in d.iterdir() if p.is_dir() and p.name.isdigit()):
-        meta = json.loads((sub / 'metadata.jsonl').read_text())
-        samples = sorted(p for p in (sub / 'samples').iterdir() if p.is_file() and re.match(r'\d+\.png', p.name))
-        res.append((meta, samples))
-    return res
 
 def _task_dict(tags, correct, metas) -> dict:
     order = list(dict.fromkeys(tags))
@@ -142,7 +109,6 @@ def toy_geneval_metadata(item: dict) -> dict:
 
 def toy_prompt_label(item: dict, index: int = 0, sample: int = 0, seed: int = 0) -> int | None:
     "Class id the class-conditional toy VAR is asked for, for a one-object prompt (None for other prompts)."
-    from mvp_vpg.data.shapes import COLORS, CLASS_TO_ID
     inc = item['include']
     if len(inc) != 1 or inc[0]['count'] != 1 or item.get('relation'): return None
     color = inc[0]['color']
@@ -152,8 +118,6 @@ def toy_prompt_label(item: dict, index: int = 0, sample: int = 0, seed: int = 0)
 
 def evaluate_geneval_toy(image_dir, scorer, outfile, threshold: float = 0.5) -> Path:
     "GenEval's evaluate_images.py for the Shapes world: detect with the shapes network, check with `check_prompt`."
-    from mvp_vpg.evaluation.shapes_net import detect_objects
-    from mvp_vpg.data.shapes import check_prompt
     lay = geneval_layout(image_dir)
     files = [f for _, fs in lay for f in fs]
     if not files: raise FileNotFoundError(f"no GenEval samples under {image_dir}")
@@ -171,38 +135,6 @@ def evaluate_geneval_toy(image_dir, scorer, outfile, threshold: float = 0.5) -> 
     return Path(outfile)
 
 # %% ../../nbs/52_benchmarks.ipynb #4a757f9f
-def read_dpg_prompts(prompts_dir) -> dict[str, str]:
-    "{name: prompt} from DPG-Bench's `prompts/<name>.txt` files, sorted by name."
-    d = _need(prompts_dir, 'dpg_bench prompts')
-    return {p.stem: p.read_text().strip() for p in sorted(d.glob('*.txt'))}
-
-def tile_2x2(images) -> np.ndarray:
-    "Four equal square uint8 (R, R, 3) images -> one (2R, 2R, 3) grid, row-major, no padding."
-    ims = [np.asarray(i, dtype=np.uint8) for i in images]
-    if len(ims) != 4: raise ValueError(f"DPG-Bench needs 4 images per prompt, got {len(ims)}")
-    if any(i.shape != ims[0].shape for i in ims) or ims[0].ndim != 3 or ims[0].shape[0] != ims[0].shape[1]:
-        raise ValueError(f"DPG-Bench tiles must be equal squares, got {[i.shape for i in ims]}")
-    return np.concatenate([np.concatenate(ims[:2], 1), np.concatenate(ims[2:], 1)], 0)
-
-def _check_dpg_name(name: str):
-    if not name or '.' in name or '/' in name: raise ValueError(f"DPG-Bench image names are prompt file stems without dots, got {name!r}")
-
-def write_dpg(out, name: str, images) -> Path:
-    "`<out>/<name>.png`: the 4 samples of prompt `name` as a 2×2 grid."
-    _check_dpg_name(name)
-    return save_png(tile_2x2(images), Path(out) / f'{name}.png')
-
-def dpg_from_folder(gen_dir, out, names: Sequence[str], n_per_prompt: int = 4) -> list[Path]:
-    "Tile a prompt-major folder of numbered PNGs (4 per name, in the order of `names`) into the DPG-Bench layout."
-    from mvp_vpg.generation.generate import index_name
-    return [write_dpg(out, n, [read_rgb(Path(gen_dir) / index_name(k * n_per_prompt + j)) for j in range(n_per_prompt)])
-            for k, n in enumerate(names)]
-
-def dpg_crops(grid: np.ndarray, resolution: int, pic_num: int = 4) -> list[np.ndarray]:
-    "The tiles the DPG-Bench evaluator cuts from a grid: boxes (0,0), (R,0), (0,R), (R,R) as (x, y)."
-    R = resolution
-    return [grid[y:y + R, x:x + R] for x, y in [(0, 0), (R, 0), (0, R), (R, R)][:pic_num]]
-
 def parse_dpg_results(path) -> dict:
     "Flat dict from a DPG-Bench results .txt: dpg_score, l1/<category>, l2/<category>, n_images."
     text = Path(path).read_text()
@@ -240,7 +172,6 @@ def _rel_signs(a, b) -> tuple: return (int(np.sign(a['row'] - b['row'])), int(np
 
 def toy_dpg_questions(item_id: str, rec: dict) -> list[dict]:
     "DPG-style propositions of one Shapes record (dpg_bench.csv columns + `check`, the toy VQA's ground truth)."
-    from mvp_vpg.data.shapes import position_phrase
     att, rows = rec['attributes'], []
     def add(broad, detailed, tup, q, check, deps=()):
         rows.append({'item_id': item_id, 'proposition_id': str(len(rows) + 1), 'dependency': ','.join(map(str, deps)) or '0',
@@ -267,14 +198,12 @@ def toy_dpg_questions(item_id: str, rec: dict) -> list[dict]:
 
 def toy_dpg_prompt_set(n_prompts: int = 48, seed: int = 0, p_two: float = 1.0, split: str = 'test') -> tuple[list[str], list[str], list[dict]]:
     "(names, prompts, questions) of the toy DPG-Bench: captions of `split` scenes; names without dots, as DPG-Bench needs."
-    from mvp_vpg.data.shapes import build_split
     _, _, recs = build_split(split, n_prompts, seed=seed, p_two=p_two)
     names = [f'shapes{k:04d}' for k in range(n_prompts)]
     return names, [r['caption'] for r in recs], [q for nm, r in zip(names, recs) for q in toy_dpg_questions(nm, r)]
 
 def write_dpg_prompt_set(root, names, prompts, questions) -> Path:
     "`<root>/prompts/<name>.txt` and `<root>/dpg_bench.csv` (DPG-Bench's files; the csv gains a `check` column for the toy VQA)."
-    import csv, io
     root = Path(root)
     for n, t in zip(names, prompts): _check_dpg_name(n); write_text(root / 'prompts' / f'{n}.txt', t + '\n')
     buf = io.StringIO(); w = csv.DictWriter(buf, fieldnames=[*DPG_CSV_COLUMNS, 'check'])
@@ -284,7 +213,6 @@ def write_dpg_prompt_set(root, names, prompts, questions) -> Path:
 
 def background_of_tile(tile: np.ndarray) -> str:
     "The Shapes background whose colour is nearest to the median of the tile's one-pixel border."
-    from mvp_vpg.data.shapes import BACKGROUNDS
     t = np.asarray(tile, dtype=float)
     border = np.concatenate([t[0], t[-1], t[:, 0], t[:, -1]])
     med = np.median(border, axis=0)
@@ -310,8 +238,6 @@ def score_dpg_tile(questions: list[dict], objects: list, background: str) -> dic
 
 def evaluate_dpg_toy(image_dir, prompt_root, scorer, resolution: int, model_name: str = 'toy', stamp: str | None = None) -> Path:
     "DPG-Bench's evaluation for the Shapes world: crops, toy VQA, dependency rule; writes the results .txt in DPG's format."
-    import csv, datetime
-    from mvp_vpg.evaluation.shapes_net import detect_objects
     img_dir = Path(image_dir)
     qs = {}
     with open(Path(prompt_root) / 'dpg_bench.csv', newline='') as f:
@@ -368,32 +294,6 @@ def vbench_prompts(info: list[dict], dimensions: Sequence[str] | None = None) ->
         seen.add(e['prompt_en']); res.append(e)
     return res
 
-def vbench_video_name(prompt_en: str, i: int, ext: str = 'mp4') -> str:
-    "`<prompt_en>-<i>.<ext>`, the file VBench's standard mode looks for."
-    if '/' in prompt_en: raise ValueError(f"a VBench prompt used as a file name cannot contain '/': {prompt_en!r}")
-    return f'{prompt_en}-{i}.{ext}'
-
-def encode_mp4(frames, path, fps: int = 8):
-    "uint8 frames (T, H, W, 3) -> H.264 MP4 with PyAV."
-    try: import av
-    except ImportError: raise MissingAsset("writing VBench videos needs PyAV (`pip install av`) or an `encode` function") from None
-    frames = np.asarray(frames, dtype=np.uint8)
-    with av.open(str(path), mode='w', format='mp4') as c:
-        s = c.add_stream('libx264', rate=fps); s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], 'yuv420p'
-        for f in frames:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format='rgb24')): c.mux(pkt)
-        for pkt in s.encode(): c.mux(pkt)
-
-def write_vbench_video(out, prompt_en: str, i: int, frames, fps: int = 8, encode: Callable | None = None) -> Path:
-    "Write sample `i` of `prompt_en` as `<out>/<prompt_en>-<i>.mp4`, atomically."
-    f = atomic_write(Path(out) / vbench_video_name(prompt_en, i), lambda t: (encode or encode_mp4)(frames, str(t), fps))
-    return f
-
-def missing_vbench_videos(videos_dir, prompts: Sequence[dict], n_per_prompt: int = 5, ext: str = 'mp4') -> list[str]:
-    "Names the standard mode will look for that are not in `videos_dir`."
-    have = {p.name for p in Path(videos_dir).iterdir()} if Path(videos_dir).is_dir() else set()
-    return [n for e in prompts for i in range(n_per_prompt) if (n := vbench_video_name(e['prompt_en'], i, ext)) not in have]
-
 def parse_vbench_results(path) -> dict:
     "{dimension: score} from a VBench `*_eval_results.json`."
     data = json.loads(Path(path).read_text())
@@ -423,116 +323,3 @@ def run_vbench(vbench_root, videos_dir, dimensions: Sequence[str], output_path, 
     _run([*cmd, *extra], cwd=root, timeout=timeout)
     scores = parse_vbench_results(_newest(str(out / '*_eval_results.json')))
     return {**scores, **vbench_scores(scores)}
-
-# %% ../../nbs/52_benchmarks.ipynb #0eb5f83a
-GENEVAL_TOY_DEFAULTS = {'n_per_category': 12, 'n_per_prompt': 4, 'categories': ['single_object', 'colors'], 'seed': 0}
-
-def stage_geneval_toy(params, variant: str = 'base', out_root='outputs/geneval_toy', metrics_dir='metrics',
-                      progress: bool = True) -> dict | None:
-    "Toy GenEval of a variant: generate in the GenEval layout (sharded), score with the shapes network, write metrics."
-    from mvp_vpg.stages import pipeline
-    from mvp_vpg.data import shapes
-    from mvp_vpg.generation import generate as G
-    name, prof = active_profile(params)
-    if name != 'toy': raise ValueError(f"geneval-toy runs on the toy profile (active: {name!r}); use `geneval` with a real checkout")
-    cfg = {**GENEVAL_TOY_DEFAULTS, **{k: v for k, v in (params.get('geneval_toy') or {}).items() if k != 'variants'}}   # variants: which stages run
-    items = shapes.geneval_prompts(cfg['seed'], cfg['n_per_category'], cfg['categories'])
-    n = int(cfg['n_per_prompt'])
-    conds = [toy_prompt_label(it, k, j, cfg['seed']) for k, it in enumerate(items) for j in range(n)]
-    if any(c is None for c in conds):
-        bad = sorted({it['category'] for it in items if toy_prompt_label(it) is None})
-        raise ValueError(f"the class-conditional toy model cannot be asked for {bad} prompts (use single_object / colors)")
-    s, spec = params['sample'], pipeline.variant_spec(params, variant)
-    rank, world, local = dist_env()
-    dev = default_device(local)
-    var, vae = pipeline.load_base_models(params, dev)
-    var_p, vae_p = pipeline.base_model_paths(params)
-    g = pipeline.guidance_from_spec(spec, vae)
-    out = Path(out_root) / variant
-    settings = {'variant': variant, 'sampler': spec, 'guidance': repr(g), 'geneval_toy': cfg,
-                'conditions': {'kind': 'geneval_toy', 'n_prompts': len(items), 'n_per_prompt': n},
-                'var_sha256': file_hash(var_p), 'vae_sha256': file_hash(vae_p)}
-    man = G.generate(out, conds, G.var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode']), s['seeds'][0],
-                     s['batch_size'], settings, {'var': str(var_p), 'vae': str(vae_p)}, name=geneval_name(n), progress=progress)
-    if rank != 0: return None
-    if not man['complete']: raise RuntimeError(f"{out}: generation incomplete ({man['n_missing']} missing); run again to resume")
-    write_geneval_metadata(out, [toy_geneval_metadata(it) for it in items])
-    scorer_dir = Path(prof.get('checkpoints', 'data/toy')) / 'scorer'
-    res = parse_geneval_results(evaluate_geneval_toy(out, scorer_dir, out / 'results.jsonl'))
-    res = {**res, 'variant': variant, 'tool': 'toy GenEval (shapes network + shapes.check_prompt)'}
-    write_json(res, Path(metrics_dir) / f'geneval_toy_{variant}.json')
-    return res
-
-def stage_dpg_toy(params, name: str, run, variant: str = 'base', out_root='outputs/dpg_toy', metrics_dir='metrics/dpg_toy',
-                  progress: bool = True) -> dict | None:
-    "Toy DPG-Bench of a text-to-image `train_mvp` run: 2×2 grids through `generate` (layout dpg), toy VQA, DPG's result file."
-    from mvp_vpg.stages import pipeline
-    from mvp_vpg.generation import generate as G
-    pname, prof = active_profile(params)
-    if pname != 'toy': raise ValueError(f"dpg-toy runs on the toy profile (active: {pname!r}); use `dpg` with an ELLA checkout")
-    cfg = {**DPG_TOY_DEFAULTS, **{k: v for k, v in (params.get('dpg_toy') or {}).items() if k != 'runs'}}   # runs: which stages run
-    names, prompts, questions = toy_dpg_prompt_set(cfg['n_prompts'], cfg['seed'], cfg['p_two'], cfg['split'])
-    out = Path(out_root) / name
-    s, spec = params['sample'], pipeline.variant_spec(params, variant)
-    rank, world, local = dist_env()
-    dev = default_device(local)
-    sampler, tuned, g = G.tuned_t2i_sampler(params, run, spec, *pipeline.load_base_models(params, dev), dev)
-    settings = {'run': str(run), 'variant': variant, 'sampler': spec, 'guidance': repr(g), 'dpg_toy': cfg, 'tuned': tuned,
-                'conditions': {'kind': 'prompt', 'n_prompts': len(prompts), 'n_per_prompt': 4, 'layout': 'dpg'}}
-    man = G.generate(G.tiles_dir(out), G.prompt_conditions(prompts, 4), sampler, s['seeds'][0], s['batch_size'], settings,
-                     {'run': str(run)}, progress=progress)
-    if rank != 0: return None
-    if not man['complete']: raise RuntimeError(f"{out}: generation incomplete ({man['n_missing']} missing); run again to resume")
-    G.finish_layout(out, 'dpg', prompts, None, names, 4)
-    root = write_dpg_prompt_set(out.with_name(name + '.prompts'), names, prompts, questions)
-    side = read_rgb(G.tiles_dir(out) / G.index_name(0)).shape[0]
-    res = parse_dpg_results(evaluate_dpg_toy(out, root, Path(prof.get('checkpoints', 'data/toy')) / 'scorer', side, model_name=name))
-    res = {**res, 'name': name, 'run': str(run), 'variant': variant, 'guidance': repr(g), 'n_questions': len(questions),
-           'tool': 'toy DPG-Bench (shapes network as VQA + DPG-Bench dependency scoring)'}
-    write_json(res, Path(metrics_dir) / f'dpg_toy_{name}.json')
-    return res
-
-def _bench_python(params) -> str: return active_profile(params)[1].get('bench_python') or 'python'
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog='python -m mvp_vpg.evaluation.benchmarks', description='GenEval / DPG-Bench / VBench adapters')
-    sub = p.add_subparsers(dest='command', required=True)
-    t = sub.add_parser('geneval-toy'); t.add_argument('--variant', default='base'); t.add_argument('--out', default='outputs/geneval_toy')
-    t.add_argument('--metrics', default='metrics'); t.add_argument('--no-progress', action='store_true')
-    dt = sub.add_parser('dpg-toy'); dt.add_argument('--name', required=True); dt.add_argument('--run', required=True, help='a t2i train_mvp run folder')
-    dt.add_argument('--variant', default='base'); dt.add_argument('--out', default='outputs/dpg_toy'); dt.add_argument('--metrics', default='metrics/dpg_toy')
-    dt.add_argument('--no-progress', action='store_true')
-    g = sub.add_parser('geneval'); g.add_argument('--images', required=True)
-    dp = sub.add_parser('dpg'); dp.add_argument('--images', required=True); dp.add_argument('--resolution', type=int, required=True)
-    dp.add_argument('--processes', type=int, default=1)
-    v = sub.add_parser('vbench'); v.add_argument('--videos', required=True); v.add_argument('--dimensions', nargs='+', default=list(VBENCH_DIMENSIONS))
-    v.add_argument('--mode', default='vbench_standard')
-    for s in (t, dt, g, dp, v): s.add_argument('--params', default='params.yaml')
-    for s in (g, dp, v): s.add_argument('--out', required=True, help='metrics JSON')
-    a = p.parse_args(argv)
-    try:
-        params = load_params(a.params)
-        if a.command == 'geneval-toy':
-            r = stage_geneval_toy(params, a.variant, a.out, a.metrics, progress=not a.no_progress)
-            if r is not None: print(json.dumps(r, indent=1))
-            return 0
-        if a.command == 'dpg-toy':
-            r = stage_dpg_toy(params, a.name, a.run, a.variant, a.out, a.metrics, progress=not a.no_progress)
-            if r is not None: print(json.dumps(r, indent=1))
-            return 0
-        if a.command == 'geneval':
-            r = run_geneval(profile_asset(params, 'geneval', BENCH_ASSETS['geneval']), a.images, Path(a.out).with_suffix('.det.jsonl'),
-                            profile_asset(params, 'geneval_models', BENCH_ASSETS['geneval_models']), _bench_python(params))
-        elif a.command == 'dpg':
-            r = run_dpg(profile_asset(params, 'dpg_bench', BENCH_ASSETS['dpg_bench']), a.images, a.resolution, a.processes)
-        else:
-            r = run_vbench(profile_asset(params, 'vbench', BENCH_ASSETS['vbench']), a.videos, a.dimensions,
-                           Path(a.out).parent / 'vbench_results', _bench_python(params), a.mode)
-        write_json({**r, 'tool': a.command, 'images': str(getattr(a, 'images', None) or a.videos)}, a.out)
-    except (MissingAsset, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"benchmarks {a.command}: {e}", file=sys.stderr); return 2
-    print(json.dumps(r, indent=1))
-    return 0
-
-# %% ../../nbs/52_benchmarks.ipynb #9e6d6d44
-if __name__ == '__main__' and 'IPython' not in sys.modules: sys.exit(main())

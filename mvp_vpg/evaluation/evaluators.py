@@ -6,19 +6,20 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/evaluators.html.md"""
 
 # %% ../../nbs/51_evaluators.ipynb #bdd4f4b8
 from __future__ import annotations
-import argparse, json, os, re, subprocess, sys, zipfile
+import json, os, re, subprocess, sys, zipfile
 from pathlib import Path
 import numpy as np
 import torch
+import torch_fidelity
 from PIL import Image
-from ..utils.io import atomic_write, write_json
-from ..utils.params import MissingAsset, ASSETS, active_profile, load_params, need_path, profile_asset
+from ..utils.io import atomic_write
+from ..utils.params import MissingAsset, ASSETS, need_path
 from ..utils.images import read_rgb
+from ..models.toy_clip import load_clip, clip_score
 
 # %% auto #0
 __all__ = ['ADM_KEYS', 'IMAGE_EXTS', 'numbered_images', 'pack_npz', 'parse_adm_output', 'run_adm_evaluator', 'ImageFiles',
-           'UInt8Array', 'image_files', 'fidelity_input', 'inception_metrics', 'load_clip', 'clip_score_folder',
-           'read_texts', 'stage_adm', 'stage_fid', 'stage_clipscore', 'stage_npz_toy', 'main']
+           'UInt8Array', 'image_files', 'fidelity_input', 'inception_metrics', 'clip_score_folder']
 
 # %% ../../nbs/51_evaluators.ipynb #1b7b6c6c
 _NUMBERED = re.compile(r'^(\d+)\.png$')
@@ -116,7 +117,6 @@ def fidelity_input(x):
 def inception_metrics(gen, ref, weights, isc: bool = True, kid: bool = True, prc: bool = True, cuda: bool | None = None,
                       batch_size: int = 64, verbose: bool = False) -> dict:
     "FID / IS / KID / precision-recall of `gen` vs `ref` with torch-fidelity's Inception and local weights."
-    import torch_fidelity
     w = need_path(weights, 'inception')
     (in1, n1), (in2, n2) = fidelity_input(gen), fidelity_input(ref)
     if min(n1, n2) < 2: raise ValueError(f"need at least 2 images on each side, got {n1} and {n2}")
@@ -130,26 +130,9 @@ def inception_metrics(gen, ref, weights, isc: bool = True, kid: bool = True, prc
     return {keys.get(k, k): float(v) for k, v in m.items()}
 
 # %% ../../nbs/51_evaluators.ipynb #bce03974
-def load_clip(clip='toy', model_name: str | None = None, toy_dir='data/toy/clip', device='cpu') -> tuple:
-    "(model, tokenizer) from 'toy', a local-dir open_clip folder, or a weights file + `model_name`; offline."
-    os.environ.setdefault('HF_HUB_OFFLINE', '1')
-    from mvp_vpg.models import toy_clip
-    if clip == 'toy':
-        p = need_path(toy_dir, 'clip', "the toy CLIP folder: `dvc repro train_clip` (or `python -m mvp_vpg.models.toy_clip train`)")
-        m, _, tok = toy_clip.load_toy_clip(p, device); return m, tok
-    p = need_path(clip, 'clip')
-    if p.is_dir():
-        if not (p / 'open_clip_config.json').exists(): raise MissingAsset(f"`clip` = {p} has no open_clip_config.json: {ASSETS['clip']}")
-        m, _, tok = toy_clip.load_toy_clip(p, device); return m, tok
-    import open_clip
-    if not model_name: raise MissingAsset(f"`clip` = {p} is a weights file: also give its architecture (`clip_model`, e.g. 'ViT-L-14')")
-    model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=str(p), device=device)
-    return model.eval(), open_clip.get_tokenizer(model_name)
-
 def clip_score_folder(folder, texts, clip='toy', model_name: str | None = None, n_per_text: int = 1,
                       toy_dir='data/toy/clip', device: str | None = None, chunk: int = 256, reduce: bool = True):
     "CLIP score of a folder of numbered images against `texts` (one per image or per `n_per_text` images)."
-    from mvp_vpg.models.toy_clip import clip_score
     files = numbered_images(folder)
     texts = list(texts)
     if len(texts) * n_per_text != len(files):
@@ -161,95 +144,3 @@ def clip_score_folder(folder, texts, clip='toy', model_name: str | None = None, 
            for b in range(0, len(files), chunk)]
     s = torch.cat(per)
     return float(s.mean()) if reduce else s
-
-# %% ../../nbs/51_evaluators.ipynb #e0367a1a
-def read_texts(path, key: str | None = None) -> list[str]:
-    "Texts from a .txt (one per line) or .jsonl file (field `key`, default the first of prompt/caption/text)."
-    p = need_path(path, 'texts')
-    if p.suffix != '.jsonl': return [l for l in p.read_text().splitlines() if l.strip()]
-    rows = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
-    k = key or next((k for k in ('prompt', 'caption', 'text') if rows and k in rows[0]), None)
-    if k is None: raise ValueError(f"{p}: rows have no prompt/caption/text field (give `key`)")
-    return [r[k] for r in rows]
-
-def _fresh(npz: Path, folder: Path) -> bool:
-    if not npz.exists(): return False
-    t = npz.stat().st_mtime
-    return all(f.stat().st_mtime <= t for f in numbered_images(folder))
-
-def stage_adm(params, samples, out, expected: int | None = None) -> dict:
-    "Pack `samples` to `<samples>.npz` and run the profile's ADM evaluator; flat metrics JSON to `out`."
-    ev, ref = profile_asset(params, 'adm_evaluator'), profile_asset(params, 'adm_ref')
-    py = active_profile(params)[1].get('adm_python') or 'python'
-    samples = Path(samples); npz = samples.with_name(samples.name + '.npz')
-    packed = {'n': len(numbered_images(samples))} if _fresh(npz, samples) else pack_npz(samples, npz, expected)
-    if expected is not None and packed['n'] != expected: raise ValueError(f"{npz} holds {packed['n']} images, expected {expected}")
-    res = {**run_adm_evaluator(ev, ref, npz, python=py), 'n_samples': packed['n'],
-           'tool': 'guided-diffusion evaluations/evaluator.py', 'ref': str(ref), 'samples': str(npz)}
-    write_json(res, out); return res
-
-def stage_fid(params, samples, out, ref=None) -> dict:
-    "torch-fidelity Inception metrics of `samples` vs `ref` (default: the profile's ADM reference batch)."
-    w = profile_asset(params, 'inception')
-    ref = ref or profile_asset(params, 'adm_ref', hint='a reference image folder or .npz batch (pass --ref)')
-    m = inception_metrics(samples, ref, w)
-    res = {**m, 'n_samples': fidelity_input(samples)[1], 'tool': 'torch-fidelity inception-v3-compat', 'ref': str(ref), 'samples': str(samples)}
-    write_json(res, out); return res
-
-def stage_clipscore(params, samples, texts, out, n_per_text: int = 1) -> dict:
-    "CLIP score of `samples` against `texts` with the profile's CLIP (the toy CLIP on the toy profile)."
-    name, prof = active_profile(params)
-    if name == 'toy':
-        clip, model_name = 'toy', None
-        toy_dir = Path(prof.get('checkpoints', 'data/toy')) / 'clip'
-    else:
-        clip, model_name, toy_dir = profile_asset(params, 'clip'), prof.get('clip_model') or None, None
-    s = clip_score_folder(samples, read_texts(texts), clip, model_name, n_per_text, toy_dir=toy_dir)
-    res = {'clip_score': s, 'n_samples': len(numbered_images(samples)), 'tool': f"open_clip ({'toy CLIP' if clip == 'toy' else clip})",
-           'samples': str(samples)}
-    write_json(res, out); return res
-
-def stage_npz_toy(params, samples, out, npz, ref='data/shapes/test_png') -> dict:
-    "The ADM export on the toy profile: pack `samples` into the evaluator's .npz, read `arr_0` back and score it with the shapes network."
-    from mvp_vpg.evaluation import shapes_net as scorer
-    name, prof = active_profile(params)
-    if name != 'toy': raise ValueError(f"npz-toy runs on the toy profile (active: {name!r}); a real profile runs the `adm` stage")
-    packed = pack_npz(samples, npz)
-    with np.load(npz) as z: arr = z['arr_0']
-    same = bool(np.array_equal(arr, np.stack([read_rgb(f) for f in numbered_images(samples)])))
-    m = scorer.fidelity_metrics(arr, ref, Path(prof.get('checkpoints', 'data/toy')) / 'scorer')
-    res = {**m, 'n_samples': packed['n'], 'shape': packed['shape'], 'dtype': str(arr.dtype), 'npz_equals_pngs': same,
-           'tool': "ADM .npz export read back and scored with the shapes network (the ADM evaluator itself needs TensorFlow and "
-                   "its Inception: real profiles, stage adm)", 'samples': str(samples), 'npz': str(npz), 'ref': str(ref)}
-    write_json(res, out); return res
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog='python -m mvp_vpg.evaluation.evaluators', description='external evaluators (local files only)')
-    sub = p.add_subparsers(dest='command', required=True)
-    k = sub.add_parser('pack', help='numbered PNGs -> ADM .npz'); k.add_argument('samples'); k.add_argument('--out'); k.add_argument('--expected', type=int)
-    t = sub.add_parser('npz-toy', help='toy profile: ADM .npz export, read back and scored with the shapes network')
-    t.add_argument('--params', default='params.yaml'); t.add_argument('--samples', required=True); t.add_argument('--npz', required=True)
-    t.add_argument('--out', required=True); t.add_argument('--ref', default='data/shapes/test_png')
-    for name in ('adm', 'fid', 'clipscore'):
-        s = sub.add_parser(name); s.add_argument('--params', default='params.yaml'); s.add_argument('--samples', required=True)
-        s.add_argument('--out', required=True)
-        if name == 'adm': s.add_argument('--expected', type=int)
-        if name == 'fid': s.add_argument('--ref')
-        if name == 'clipscore': s.add_argument('--texts', required=True); s.add_argument('--n-per-text', type=int, default=1)
-    a = p.parse_args(argv)
-    try:
-        if a.command == 'pack':
-            r = pack_npz(a.samples, a.out or Path(a.samples).with_name(Path(a.samples).name + '.npz'), a.expected)
-        else:
-            params = load_params(a.params)
-            if a.command == 'npz-toy': r = stage_npz_toy(params, a.samples, a.out, a.npz, a.ref)
-            elif a.command == 'adm': r = stage_adm(params, a.samples, a.out, a.expected)
-            elif a.command == 'fid': r = stage_fid(params, a.samples, a.out, a.ref)
-            else: r = stage_clipscore(params, a.samples, a.texts, a.out, a.n_per_text)
-    except (MissingAsset, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"evaluators {a.command}: {e}", file=sys.stderr); return 2
-    print(json.dumps(r, indent=1))
-    return 0
-
-# %% ../../nbs/51_evaluators.ipynb #7d7af9b9
-if __name__ == '__main__' and 'IPython' not in sys.modules: sys.exit(main())

@@ -6,24 +6,25 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/generate.html.md"""
 
 # %% ../../nbs/50_generate.ipynb #0ff99919
 from __future__ import annotations
-import argparse, hashlib, json, os, re, sys, threading, datetime
+import json, os, re, threading, datetime
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from ..utils.io import write_json, write_text, file_hash
-from ..utils.params import MissingAsset, load_params, active_profile
-from ..utils.distributed import dist_env, default_device, init_distributed, process_group, barrier, gather
+from ..utils.io import write_json, write_text
+from ..utils.distributed import init_distributed, process_group, barrier, gather
 from ..utils.images import save_png, to_uint8
+from ..data.folders import read_texts
 from ..sampling.sampler import sample
+from ..mvp.text_adapter import sample_t2i
+from .layouts import index_name, geneval_name, read_dpg_prompts, write_geneval_metadata, dpg_from_folder
 
 # %% auto #0
-__all__ = ['LAYOUTS', 'image_ok', 'index_name', 'clean_stale_temps', 'class_conditions', 'prompt_conditions', 'batch_seed',
-           'n_batches', 'shard_batches', 'shard_indices', 'var_sampler', 'generate_shard', 'check_resume', 'generate',
-           't2i_sampler', 'read_prompt_set', 'layout_name', 'prompt_set_checks', 'finish_layout', 'tiles_dir',
-           'profile_text_encoder', 'parse_args', 'load_tuned_for_sampling', 'tuned_t2i_sampler', 'main']
+__all__ = ['LAYOUTS', 'image_ok', 'clean_stale_temps', 'class_conditions', 'prompt_conditions', 'batch_seed', 'n_batches',
+           'shard_batches', 'shard_indices', 'var_sampler', 'generate_shard', 'check_resume', 'generate', 't2i_sampler',
+           'read_prompt_set', 'layout_name', 'prompt_set_checks', 'finish_layout', 'tiles_dir']
 
 # %% ../../nbs/50_generate.ipynb #8380ee31
 def image_ok(path) -> bool:
@@ -36,12 +37,10 @@ def image_ok(path) -> bool:
         return True
     except Exception: return False
 
-def index_name(i: int) -> str:
-    "Default file name of global image `i`."
-    return f'{i:06d}.png'
-
+# %% ../../nbs/50_generate.ipynb #ef4badb4
 _TMP = re.compile(r'^\.(.+)\.[^.]+\.png$')   # save_png's temporary siblings: .<stem>.<random>.png
 
+# %% ../../nbs/50_generate.ipynb #7eba1e00
 def clean_stale_temps(folders) -> int:
     "Remove temporary files a killed `save_png` left in `folders`; returns how many."
     n = 0
@@ -56,23 +55,28 @@ def class_conditions(classes, n_per_class: int) -> list:
     "Class-major labels: image i has class `classes[i // n_per_class]`."
     return [int(c) for c in classes for _ in range(n_per_class)]
 
+# %% ../../nbs/50_generate.ipynb #2fe1d97f
 def prompt_conditions(prompts: Sequence, n_per_prompt: int) -> list:
     "Prompt-major conditions: image i belongs to `prompts[i // n_per_prompt]`."
     return [p for p in prompts for _ in range(n_per_prompt)]
 
+# %% ../../nbs/50_generate.ipynb #ac739305
 def batch_seed(seed: int, b: int) -> int:
     "Generator seed of global batch `b` (the rule of `pipeline.sample_to_folder`)."
     return int(seed) * 1_000_003 + int(b)
 
+# %% ../../nbs/50_generate.ipynb #43206563
 def n_batches(n_images: int, batch_size: int) -> int:
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return -(-n_images // batch_size)
 
+# %% ../../nbs/50_generate.ipynb #7f00affe
 def shard_batches(nb: int, rank: int, world_size: int) -> range:
     "The contiguous block of global batch ids that `rank` of `world_size` generates."
     if not 0 <= rank < world_size: raise ValueError(f"rank {rank} is outside world size {world_size}")
     return range(rank * nb // world_size, (rank + 1) * nb // world_size)
 
+# %% ../../nbs/50_generate.ipynb #38a20e4f
 def shard_indices(n_images: int, batch_size: int, rank: int, world_size: int) -> range:
     "The global image indices of `rank`'s shard."
     bs = shard_batches(n_batches(n_images, batch_size), rank, world_size)
@@ -89,6 +93,7 @@ def var_sampler(var, vae, guidance=None, top_k: int = 0, top_p: float = 0.0, mod
         return to_uint8(res.images)
     return draw
 
+# %% ../../nbs/50_generate.ipynb #69bcf371
 def generate_shard(out, conds: Sequence, sampler: Callable, seed: int, batch_size: int, rank: int = 0,
                    world_size: int = 1, name: Callable = index_name, max_batches: int | None = None,
                    on_max: str = 'stop', progress: bool = True, desc: str | None = None) -> dict:
@@ -126,6 +131,7 @@ def check_resume(manifest_path, settings: dict):
         raise ValueError(f"{p.parent} already holds images generated with other settings (differs in: {', '.join(diff)}); "
                          f"use a new output folder or delete it")
 
+# %% ../../nbs/50_generate.ipynb #c62e0b52
 def generate(out, conds: Sequence, sampler: Callable, seed: int, batch_size: int, settings: dict | None = None,
              info: dict | None = None, name: Callable = index_name, manifest: str | None = 'manifest.json',
              max_batches: int | None = None, on_max: str = 'stop', progress: bool = True, timeout_s: float = 6 * 3600) -> dict:
@@ -162,16 +168,17 @@ def generate(out, conds: Sequence, sampler: Callable, seed: int, batch_size: int
 # %% ../../nbs/50_generate.ipynb #0013e1e8
 LAYOUTS = ('numbered', 'geneval', 'dpg')
 
+# %% ../../nbs/50_generate.ipynb #81989a4a
 def t2i_sampler(var, vae, adapter, encode: Callable, guidance=None, top_k: int = 0, top_p: float = 0.0, mode: str = 'reference',
                 prompt=None, **sample_kw) -> Callable:
     "A `sampler(texts, seed) -> uint8 (n, H, W, 3)` for a text-to-image VAR: `encode(texts)` -> CLIP text embeddings -> `adapter`."
-    from mvp_vpg.mvp.train import sample_t2i
     def draw(texts, seed):
         res = sample_t2i(var, vae, adapter, encode(list(texts)), guidance=guidance, top_k=top_k, top_p=top_p, seed=seed,
                          mode=mode, prompt=prompt, **sample_kw)
         return to_uint8(res.images)
     return draw
 
+# %% ../../nbs/50_generate.ipynb #489b6248
 def read_prompt_set(path, key: str | None = None) -> tuple[list[str], list[dict] | None, list[str] | None]:
     "(texts, GenEval metadata rows or None, DPG-Bench names or None) of a .txt, a .jsonl or a DPG-Bench `prompts/` folder."
     if path is None or not str(path).strip():
@@ -181,24 +188,23 @@ def read_prompt_set(path, key: str | None = None) -> tuple[list[str], list[dict]
     if not p.exists(): raise FileNotFoundError(f"prompt set not found: {p} (a .txt with one prompt per line, a .jsonl such as "
                                                "GenEval's evaluation_metadata.jsonl, or DPG-Bench's prompts/ folder)")
     if p.is_dir():
-        from mvp_vpg.evaluation.benchmarks import read_dpg_prompts
         d = read_dpg_prompts(p)
         if not d: raise ValueError(f"{p} holds no <name>.txt prompt files (DPG-Bench's dpg_bench/prompts/ folder)")
         return list(d.values()), None, list(d)
-    from mvp_vpg.evaluation.evaluators import read_texts
     texts = [' '.join(t.split()) for t in read_texts(p, key)]
     if not texts: raise ValueError(f"{p} holds no prompts")
     metas = [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.suffix == '.jsonl' else None
     return texts, metas, None
 
+# %% ../../nbs/50_generate.ipynb #eef0aa02
 def layout_name(layout: str, n_per_prompt: int) -> Callable:
     "File name of global image i in `layout` (dpg: the tile folder's numbered names)."
     if layout not in LAYOUTS: raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if layout == 'geneval':
-        from mvp_vpg.evaluation.benchmarks import geneval_name
         return geneval_name(n_per_prompt)
     return index_name
 
+# %% ../../nbs/50_generate.ipynb #6c551911
 def prompt_set_checks(layout: str, n_per_prompt: int, metas, names):
     "Refuse a layout its prompt set or sample count cannot fill (before any image is drawn)."
     if layout == 'geneval' and metas is None: raise ValueError("layout 'geneval' needs GenEval's evaluation_metadata.jsonl as --prompts")
@@ -206,129 +212,15 @@ def prompt_set_checks(layout: str, n_per_prompt: int, metas, names):
     if layout == 'dpg' and n_per_prompt != 4: raise ValueError(f"DPG-Bench scores 2×2 grids: --n-per-prompt must be 4, got {n_per_prompt}")
     if n_per_prompt < 1: raise ValueError(f"--n-per-prompt must be >= 1, got {n_per_prompt}")
 
+# %% ../../nbs/50_generate.ipynb #6914ab7d
 def finish_layout(out, layout: str, texts, metas, names, n_per_prompt: int):
     "After a complete generation: texts.txt (numbered), per-prompt metadata (geneval) or the 2×2 grids (dpg)."
-    from mvp_vpg.evaluation.benchmarks import write_geneval_metadata, dpg_from_folder
     out = Path(out)
     if layout == 'numbered': write_text(out / 'texts.txt', '\n'.join(texts) + '\n')
     elif layout == 'geneval': write_geneval_metadata(out, metas)
     else: dpg_from_folder(tiles_dir(out), out, names, n_per_prompt)
 
+# %% ../../nbs/50_generate.ipynb #09b91068
 def tiles_dir(out) -> Path:
     "Where the single DPG-Bench tiles of `out` are generated (outside the flat folder the evaluator reads)."
     return Path(out).with_name(Path(out).name + '.tiles')
-
-def profile_text_encoder(params, device='cpu', text_dim: int | None = None) -> Callable:
-    "`encode(texts) -> (n, D)` L2-normalised CLIP text embeddings with the active profile's CLIP."
-    from mvp_vpg.evaluation.evaluators import load_clip, profile_asset
-    from mvp_vpg.stages.pipeline import active_profile
-    from mvp_vpg.models.toy_clip import encode_texts
-    name, prof = active_profile(params)
-    if name == 'toy': model, tok = load_clip('toy', toy_dir=Path(prof.get('checkpoints', 'data/toy')) / 'clip', device=device)
-    else: model, tok = load_clip(profile_asset(params, 'clip'), prof.get('clip_model') or None, device=device)
-    d = encode_texts(model, tok, ['a']).shape[1]
-    if text_dim is not None and d != text_dim:
-        raise ValueError(f"the profile's CLIP gives {d}-d text embeddings but the text adapter expects {text_dim}: "
-                         "use the CLIP the run was trained with (profiles.<name>.clip / clip_model)")
-    return lambda texts: encode_texts(model, tok, texts)
-
-
-# %% ../../nbs/50_generate.ipynb #58004857
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog='python -m mvp_vpg.generation.generate',
-                                description='sharded, resumable class- or text-conditional generation (run under torchrun for several processes)')
-    p.add_argument('--params', default='params.yaml')
-    p.add_argument('--variant', default='base', help='a name under `variants:` in params.yaml')
-    p.add_argument('--out', required=True, help='output folder of numbered PNGs')
-    p.add_argument('--n-per-class', type=int, default=None, help='default: sample.n_per_class')
-    p.add_argument('--seed', type=int, default=None, help='default: the first of sample.seeds')
-    p.add_argument('--batch-size', type=int, default=None, help='default: sample.batch_size (fixes the per-batch seeds)')
-    p.add_argument('--classes', default=None, help='comma-separated class ids (default: all classes)')
-    p.add_argument('--tuned', default=None, help='a train_mvp run folder (or its tuned/): sample with its prompt / LoRA / weights')
-    p.add_argument('--prompts', default=None, help='text-to-image: a .txt / .jsonl prompt file or a DPG-Bench prompts/ folder (needs a t2i --tuned run)')
-    p.add_argument('--prompt-key', default=None, help='field of a .jsonl prompt file (default: the first of prompt/caption/text)')
-    p.add_argument('--n-per-prompt', type=int, default=1, help='samples per prompt (GenEval uses 4, DPG-Bench needs 4)')
-    p.add_argument('--layout', default='numbered', choices=LAYOUTS, help='file layout of text-to-image generations')
-    p.add_argument('--no-progress', action='store_true')
-    p.add_argument('--max-batches', type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument('--hang-at-max', action='store_true', help=argparse.SUPPRESS)
-    return p.parse_args(argv)
-
-def load_tuned_for_sampling(folder, var, device, task: str = 'c2i') -> tuple:
-    "(var, prompt, {artefact: sha256}, text adapter) of a `task` train_mvp run (`folder` or `folder/tuned`) on `var`."
-    if not folder:
-        if task == 't2i': raise ValueError("text-to-image generation needs --tuned <a train_mvp run with task t2i> (its text adapter)")
-        return var, None, None, None
-    from mvp_vpg.mvp.train import load_tuned
-    f = Path(folder)
-    f = f / 'tuned' if (f / 'tuned' / 'config.json').exists() else f
-    if not (f / 'config.json').exists(): raise FileNotFoundError(f"--tuned {folder}: no tuned model there (train it with python -m mvp_vpg.mvp.train)")
-    t = load_tuned(f, var, device)
-    if t.task != task:
-        raise ValueError(f"--tuned {folder} is a {t.task} model: " + ("give --prompts to draw text-to-image samples" if t.task == 't2i'
-                         else "text-to-image generation (--prompts) needs a run with task t2i"))
-    return t.var, t.prompt, {str(p.relative_to(f)): file_hash(p) for p in sorted(f.rglob('*.safetensors'))}, t.adapter
-
-def tuned_t2i_sampler(params, run, spec: dict, var, vae, device) -> tuple[Callable, dict, object]:
-    "(sampler, artefact hashes, guidance) of a text-to-image `train_mvp` run under a variant's sampler settings `spec`."
-    from mvp_vpg.stages.pipeline import guidance_from_spec
-    var, prompt, tuned, adapter = load_tuned_for_sampling(run, var, device, 't2i')
-    g = guidance_from_spec(spec, vae)
-    encode = profile_text_encoder(params, device, adapter.text_dim)
-    return t2i_sampler(var, vae, adapter, encode, g, spec['top_k'], spec['top_p'], spec['mode'], prompt), tuned, g
-
-def main(argv=None) -> int:
-    from mvp_vpg.stages import pipeline
-    a = parse_args(argv)
-    task = 't2i' if a.prompts is not None else 'c2i'
-    try:
-        params = load_params(a.params)
-        s = params['sample']
-        spec = pipeline.variant_spec(params, a.variant)
-        rank, world, local = dist_env()
-        dev = default_device(local)
-        if task == 't2i':
-            texts, metas, names = read_prompt_set(a.prompts, a.prompt_key)
-            prompt_set_checks(a.layout, a.n_per_prompt, metas, names)
-        elif a.layout != 'numbered': raise ValueError(f"--layout {a.layout} is for text-to-image generation (give --prompts)")
-        var, vae = pipeline.load_base_models(params, dev)
-        var_p, vae_p = pipeline.base_model_paths(params)
-        if task == 't2i': sampler, tuned, g = tuned_t2i_sampler(params, a.tuned, spec, var, vae, dev)
-        else:
-            var, prompt, tuned, _ = load_tuned_for_sampling(a.tuned, var, dev)
-            g = pipeline.guidance_from_spec(spec, vae)
-            sampler = var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode'], prompt)
-    except (MissingAsset, FileNotFoundError, ValueError) as e:
-        print(f"generate: {e}", file=sys.stderr); return 2
-    seed = a.seed if a.seed is not None else s['seeds'][0]
-    bs = a.batch_size or s['batch_size']
-    base = {'variant': a.variant, 'profile': active_profile(params)[0], 'sampler': spec, 'guidance': repr(g),
-            'var_sha256': file_hash(var_p), 'vae_sha256': file_hash(vae_p), 'tuned': tuned}
-    info = {'var': str(var_p), 'vae': str(vae_p), 'tuned_from': a.tuned, 'device': torch.device(dev).type, 'torch': torch.__version__,
-            'mvp_vpg_command': ' '.join(sys.argv)}
-    out, name = Path(a.out), index_name
-    if task == 'c2i':
-        n = a.n_per_class if a.n_per_class is not None else s['n_per_class']
-        classes = [int(c) for c in a.classes.split(',')] if a.classes else list(range(var.num_classes))
-        conds = class_conditions(classes, n)
-        settings = {**base, 'conditions': {'kind': 'class', 'classes': classes, 'n_per_class': n}}
-    else:
-        conds = prompt_conditions(texts, a.n_per_prompt)
-        settings = {**base, 'conditions': {'kind': 'prompt', 'prompts': str(a.prompts), 'n_prompts': len(texts), 'n_per_prompt': a.n_per_prompt,
-                                           'layout': a.layout, 'texts_sha256': hashlib.sha256('\n'.join(texts).encode()).hexdigest()}}
-        name = layout_name(a.layout, a.n_per_prompt)
-        if a.layout == 'dpg': out = tiles_dir(a.out)
-    try:
-        man = generate(out, conds, sampler, seed, bs, settings, info, name=name, max_batches=a.max_batches,
-                       on_max='hang' if a.hang_at_max else 'stop', progress=not a.no_progress)
-    except ValueError as e:                      # e.g. resuming into a folder made with other settings
-        print(f"generate: {e}", file=sys.stderr); return 2
-    if rank == 0:
-        if man['complete'] and task == 't2i': finish_layout(a.out, a.layout, texts, metas, names, a.n_per_prompt)
-        msg = 'complete' if man['complete'] else f"incomplete ({man['n_missing']} missing): run again to resume"
-        print(f"generate: {a.out}: {man['settings']['n_images']} images, {msg}", file=sys.stderr)
-    return 0
-
-
-# %% ../../nbs/50_generate.ipynb #e6fc9834
-if __name__ == '__main__' and 'IPython' not in sys.modules: sys.exit(main())

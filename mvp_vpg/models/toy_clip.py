@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 import open_clip
-from ..utils.params import load_params
+from ..utils.params import load_params, MissingAsset, ASSETS, need_path
 from ..data.shapes import CLASSES, build_split, make_sentence
 from .checkpoints import save_artifact
 
 # %% auto #0
 __all__ = ['TOY_CLIP_NAME', 'TOY_CLIP_CFG', 'TOY_PREPROCESS_CFG', 'register_toy_clip_config', 'to_clip_input', 'encode_images',
            'encode_texts', 'zero_shot_logits', 'zero_shot_accuracy', 'clip_score', 'save_toy_clip', 'load_toy_clip',
-           'evaluate_toy_clip', 'train_clip', 'main']
+           'load_clip', 'evaluate_toy_clip', 'train_clip', 'main']
 
 # %% ../../nbs/13_toy_clip.ipynb #f94c77f9
 TOY_CLIP_NAME = 'toy-clip'
@@ -106,6 +106,21 @@ def load_toy_clip(folder, device='cpu') -> tuple:
         raise FileNotFoundError(f"no toy CLIP at {folder}: train one with `python -m mvp_vpg.models.toy_clip train --out {folder}`")
     model, _, preprocess = open_clip.create_model_and_transforms(f'local-dir:{folder.resolve()}', device=device)
     return model.eval(), preprocess, open_clip.get_tokenizer(f'local-dir:{folder.resolve()}')
+
+# %% ../../nbs/13_toy_clip.ipynb #66fb0ad2
+def load_clip(clip='toy', model_name: str | None = None, toy_dir='data/toy/clip', device='cpu') -> tuple:
+    "(model, tokenizer) from 'toy', a local-dir open_clip folder, or a weights file + `model_name`; offline."
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    if clip == 'toy':
+        p = need_path(toy_dir, 'clip', "the toy CLIP folder: `dvc repro train_clip` (or `python -m mvp_vpg.models.toy_clip train`)")
+        m, _, tok = load_toy_clip(p, device); return m, tok
+    p = need_path(clip, 'clip')
+    if p.is_dir():
+        if not (p / 'open_clip_config.json').exists(): raise MissingAsset(f"`clip` = {p} has no open_clip_config.json: {ASSETS['clip']}")
+        m, _, tok = load_toy_clip(p, device); return m, tok
+    if not model_name: raise MissingAsset(f"`clip` = {p} is a weights file: also give its architecture (`clip_model`, e.g. 'ViT-L-14')")
+    model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=str(p), device=device)
+    return model.eval(), open_clip.get_tokenizer(model_name)
 
 # %% ../../nbs/13_toy_clip.ipynb #e2fb2eca
 def _load_params(params) -> dict:

@@ -27,7 +27,7 @@ from ..data import shapes
 __all__ = ['REQUIRED', 'OPTIONAL', 'section', 'vqvae_config', 'var_config', 'default_state_dir', 'save_train_state',
            'load_train_state', 'read_meta', 'quantize_train', 'init_codebook', 'reset_dead_codes', 'edge_l1',
            'recon_loss', 'vqvae_metrics', 'train_vqvae', 'var_param_groups', 'var_metrics', 'train_var',
-           'preview_recon', 'preview_samples', 'main']
+           'preview_recon', 'preview_samples']
 
 # %% ../../nbs/11_toy_train.ipynb #f628ce94
 REQUIRED = {
@@ -328,7 +328,7 @@ def train_var(params: dict, vae_folder, out, *, state_dir=None, device='cpu', st
     state_dir = Path(state_dir) if state_dir else default_state_dir(out)
     d, h = section(params, 'data'), section(params, 'var')
     if not (vae_folder / 'model.safetensors').exists():
-        raise FileNotFoundError(f"tokenizer {vae_folder} not found: train it first (python -m mvp_vpg.toy.train vqvae ...)")
+        raise FileNotFoundError(f"tokenizer {vae_folder} not found: train it first (python -m mvp_vpg.stages.toy vqvae ...)")
     steps, bs = h['steps'], h['batch_size']
     fp = fingerprint({'data': d, 'var': {k: v for k, v in h.items() if k not in ('steps', 'ckpt_every')},
                       'vae': file_hash(vae_folder / 'model.safetensors')})
@@ -406,47 +406,6 @@ def preview_samples(var: VAR, vae: VQVAE, path, n_per_class: int = 8, cfg: float
     labels = torch.arange(var.num_classes).repeat_interleave(n_per_class)
     res = sample(var.eval(), vae.eval(), labels, guidance=CFG(cfg), top_k=top_k, top_p=top_p, seed=seed)
     return save_grid(res.images, path, nrow=n_per_class)
-
-# %% ../../nbs/11_toy_train.ipynb #f38b2f31
-def _parser():
-    p = argparse.ArgumentParser(prog='python -m mvp_vpg.toy.train', description='train the toy base models')
-    sub = p.add_subparsers(dest='command', required=True)
-    for name in ('vqvae', 'var'):
-        s = sub.add_parser(name, help=f'train the toy {name}')
-        s.add_argument('--params', type=Path, default=Path('params.yaml'))
-        s.add_argument('--out', type=Path, required=True, help='final model folder (written atomically at the end)')
-        s.add_argument('--state', type=Path, default=None, help='train-state folder (default: .NAME.train_state next to --out)')
-        s.add_argument('--device', default='cpu')
-        s.add_argument('--threads', type=int, default=None, help='torch CPU threads')
-        if name == 'var': s.add_argument('--vae', type=Path, default=None, help='tokenizer folder (default: OUT/../vqvae)')
-    s = sub.add_parser('preview', help='reconstruction and sample grids of the trained models')
-    s.add_argument('--params', type=Path, default=Path('params.yaml'))
-    s.add_argument('--vae', type=Path, default=Path('data/toy/vqvae'))
-    s.add_argument('--var', type=Path, default=Path('data/toy/var'))
-    s.add_argument('--out', type=Path, default=Path('data/toy'))
-    s.add_argument('--cfg', type=float, default=3.0)
-    s.add_argument('--top-k', type=int, default=0)
-    s.add_argument('--top-p', type=float, default=0.0)
-    s.add_argument('--n-per-class', type=int, default=8)
-    s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--threads', type=int, default=None, help='torch CPU threads')
-    return p
-
-def main(argv=None):
-    a = _parser().parse_args(argv)
-    try:
-        if getattr(a, 'threads', None): torch.set_num_threads(a.threads)
-        params = load_params(a.params)
-        if a.command == 'vqvae': train_vqvae(params, a.out, state_dir=a.state, device=a.device)
-        elif a.command == 'var': train_var(params, a.vae or a.out.parent / 'vqvae', a.out, state_dir=a.state, device=a.device)
-        else:
-            vae = load_pretrained(a.vae)
-            print(preview_recon(vae, params, a.out / 'vqvae_recon.png'))
-            if (a.var / 'model.safetensors').exists():
-                print(preview_samples(load_pretrained(a.var), vae, a.out / 'var_samples.png', a.n_per_class, a.cfg,
-                                      a.top_k, a.top_p, a.seed))
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"toy_train {a.command}: error: {e}")
 
 # %% ../../nbs/11_toy_train.ipynb #579e225b
 if __name__ == '__main__' and '__file__' in globals(): main()
