@@ -1,4 +1,5 @@
-"""Pipeline wiring: `dvc repro` of the whole toy study on a tiny setting in a throw-away copy of the repository."""
+"""Pipeline wiring: the main job (`dvc repro`, the headline study) and the full study (`dvc repro study/dvc.yaml`) on a tiny
+setting in a throw-away copy of the repository."""
 import json, shutil, subprocess, sys
 from pathlib import Path
 import pytest, yaml
@@ -34,11 +35,26 @@ def repo(tmp_path_factory):
     p['geneval_toy'].update(variants=['base'], n_per_category=2, n_per_prompt=2)
     p['bench_vpg'].update(batch_size=4, repeats=1)
     p['dpg_toy'].update(n_prompts=2, runs={'t2i_mvp': {'run': 'outputs/mvp/t2i_mvp', 'variant': 'vpg'}})
+    p['headline'].update(n_per_class=2, seeds=[0, 1], batch_size=12, n_boot=10)
     (d / 'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
     _run(['git', 'init', '-q'], d); _run(['git', 'add', '-A'], d)
     _run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'copy'], d)
     _run(['dvc', 'repro'], d)
+    assert (d / 'metrics/headline.json').exists() and not (d / 'metrics/base.json').exists()   # the main job is the headline only
+    _run(['dvc', 'repro', 'study/dvc.yaml'], d)
     return d
+
+def test_headline_study_pairs_the_four_variants(repo):
+    h = json.loads((repo / 'metrics/headline.json').read_text())
+    assert set(h['variants']) == {'base', 'vpg', 'mvp', 'mvp_vpg'} and h['n_per_variant'] == 2 * 12 * 2
+    for k in ('vpg - base', 'mvp - base', 'mvp_vpg - base', 'mvp_vpg - mvp'):
+        r = h['pairs'][k]
+        assert r['ci95'][0] <= r['ci95'][1] and r['mde80'] >= 0 and len(r['per_seed_delta']) == 2
+    md = (repo / 'reports/headline/results.md').read_text()
+    assert '| vpg - base |' in md and 'paired bootstrap' in md
+    assert (repo / 'reports/headline/paired.png').stat().st_size > 0 and (repo / 'reports/headline/grid.png').stat().st_size > 0
+    base0 = sorted((repo / 'outputs/headline/samples/base/seed0').glob('*.png'))
+    assert len(base0) == 24 and base0[0].read_bytes() != (repo / 'outputs/headline/samples/mvp/seed0' / base0[0].name).read_bytes()
 
 def test_repro_writes_metrics_with_spread_over_seeds(repo):
     m = json.loads((repo / 'metrics' / 'base.json').read_text())
@@ -68,8 +84,9 @@ def test_captions_jsonl_format(repo):
     assert rec['sentence'].startswith('a photo of')
 
 def test_second_repro_is_a_no_op(repo):
-    out = _run(['dvc', 'status', 'dvc.yaml'], repo).stdout
-    assert 'changed' not in out, out
+    for f in ('dvc.yaml', 'study/dvc.yaml'):
+        out = _run(['dvc', 'status', f], repo).stdout
+        assert 'changed' not in out, (f, out)
     assert not (repo / 'outputs' / 'real').exists()   # the default repro never enters real/dvc.yaml
 
 def test_real_profile_stops_naming_the_missing_path(repo):
