@@ -93,7 +93,7 @@ def test_second_repro_is_a_no_op(repo):
 def test_real_profile_stops_naming_the_missing_path(repo):
     p = yaml.safe_load((repo / 'params.yaml').read_text()); p['profile'] = 'imagenet256_d16'
     (repo / 'params_real.yaml').write_text(yaml.safe_dump(p))
-    r = subprocess.run([str(BIN / 'python'), '-m', 'mvp_vpg.stages.pipeline', 'sample', '--params', 'params_real.yaml'],
+    r = subprocess.run([str(BIN / 'python'), '-m', 'mvp_vpg.stages', 'sample-variant', '--params', 'params_real.yaml'],
                        cwd=repo, capture_output=True, text=True)
     assert r.returncode != 0 and 'profiles.imagenet256_d16.var' in r.stderr
 

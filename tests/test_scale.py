@@ -25,7 +25,7 @@ def _free_port() -> int:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 def _cmd(params, out, nproc=None, *extra):
-    gen = ['-m', 'mvp_vpg.stages.generate', '--params', str(params), '--variant', 'vpg', '--out', str(out), '--no-progress', *extra]
+    gen = ['-m', 'mvp_vpg.stages', 'generate', '--params', str(params), '--variant', 'vpg', '--out', str(out), '--no-progress', *extra]
     if nproc is None: return [sys.executable, *gen]
     return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_addr', '127.0.0.1',
             '--master_port', str(_free_port()), *gen]
@@ -141,7 +141,7 @@ def test_text_to_image_generation_two_ranks_then_clip_score(world):
     assert man['complete'] and man['settings']['conditions']['kind'] == 'prompt' and man['settings']['conditions']['n_per_prompt'] == 3
     assert (world / 't2i_two' / 'texts.txt').read_text().splitlines() == prompts
     out = world / 'clip.json'
-    _run([sys.executable, '-m', 'mvp_vpg.stages.evaluators', 'clipscore', '--params', str(world / 'params.yaml'), '--samples',
+    _run([sys.executable, '-m', 'mvp_vpg.stages', 'evaluate', 'clipscore', '--params', str(world / 'params.yaml'), '--samples',
           str(world / 't2i_two'), '--texts', str(world / 't2i_two' / 'texts.txt'), '--n-per-text', '3', '--out', str(out)])
     res = json.loads(out.read_text())
     assert res['n_samples'] == 9 and -100 <= res['clip_score'] <= 100

@@ -6,7 +6,7 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/scorer.html.md"""
 
 # %% ../../nbs/12_scorer.ipynb #25ea80d8
 from __future__ import annotations
-import argparse, json, math, os, sys, time
+import json, math, os, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -28,7 +28,7 @@ __all__ = ['COLOR_NAMES', 'N_CELL_OUT', 'to_input', 'cell_targets', 'ScorerConfi
            'predict', 'cells_to_objects', 'detect_objects', 'score_detections', 'geneval_score',
            'ShapesFeatureExtractor', 'register_shapes_extractor', 'UInt8Images', 'load_image_folder',
            'fidelity_metrics', 'multi_object_scene', 'multi_object_data', 'split_data', 'scorer_loss',
-           'evaluate_scorer', 'train_scorer', 'class_accuracy', 'class_accuracy_of_folder', 'main']
+           'evaluate_scorer', 'train_scorer', 'class_accuracy', 'class_accuracy_of_folder']
 
 # %% ../../nbs/12_scorer.ipynb #7248650a
 COLOR_NAMES = list(COLORS)
@@ -91,7 +91,7 @@ def save_scorer(model: ShapesNet, folder, extra: dict | None = None) -> Path:
 def load_scorer(folder, device='cpu') -> ShapesNet:
     "The `ShapesNet` saved in `folder`, in eval mode."
     folder = Path(folder)
-    meta = read_artifact_config(folder, 'shapes-scorer', f'train one with `python -m mvp_vpg.evaluation.shapes_net train --out {folder}`')
+    meta = read_artifact_config(folder, 'shapes-scorer', f'train one with `mvp-vpg train scorer --out {folder}`')
     net = ShapesNet(ScorerConfig(**meta['config']))
     net.load_state_dict(read_state_dict(folder))
     return net.to(device).eval()
@@ -330,20 +330,3 @@ def class_accuracy_of_folder(folder, scorer, n_per_class: int, classes=None, mod
     labels = np.repeat(classes, n_per_class)
     if len(labels) != len(imgs): raise ValueError(f"{folder} holds {len(imgs)} images, expected {len(classes)} × {n_per_class}")
     return class_accuracy(imgs, labels, scorer, mode)
-
-# %% ../../nbs/12_scorer.ipynb #ce63cc31
-def main(argv=None):
-    p = argparse.ArgumentParser(prog='python -m mvp_vpg.evaluation.shapes_net', description='the shapes network (FID features + detector)')
-    sub = p.add_subparsers(dest='command', required=True)
-    t = sub.add_parser('train', help='train the shapes network')
-    t.add_argument('--params', default='params.yaml'); t.add_argument('--out', default='data/toy/scorer')
-    t.add_argument('--threads', type=int, default=None, help='torch CPU threads')
-    f = sub.add_parser('fidelity', help='FID / IS / KID / PRC of two image folders')
-    f.add_argument('gen'); f.add_argument('ref'); f.add_argument('--scorer', default='data/toy/scorer')
-    a = p.parse_args(argv)
-    if a.command == 'train':
-        _, info = train_scorer(a.params, a.out, threads=a.threads)
-        print(json.dumps(info, indent=1))
-    else: print(json.dumps(fidelity_metrics(a.gen, a.ref, a.scorer), indent=1))
-
-if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'IPython' not in sys.modules: main()

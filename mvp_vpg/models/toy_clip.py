@@ -6,7 +6,7 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/toy_clip.html.md"""
 
 # %% ../../nbs/13_toy_clip.ipynb #7260d0a2
 from __future__ import annotations
-import argparse, json, math, os, sys, tempfile, time
+import json, math, os, tempfile, time
 from pathlib import Path
 os.environ.setdefault('HF_HUB_OFFLINE', '1')   # any accidental Hub call fails fast
 import numpy as np
@@ -21,7 +21,7 @@ from .checkpoints import save_artifact
 # %% auto #0
 __all__ = ['TOY_CLIP_NAME', 'TOY_CLIP_CFG', 'TOY_PREPROCESS_CFG', 'register_toy_clip_config', 'to_clip_input', 'encode_images',
            'encode_texts', 'zero_shot_logits', 'zero_shot_accuracy', 'clip_score', 'save_toy_clip', 'load_toy_clip',
-           'load_clip', 'evaluate_toy_clip', 'train_clip', 'main']
+           'load_clip', 'evaluate_toy_clip', 'train_clip']
 
 # %% ../../nbs/13_toy_clip.ipynb #f94c77f9
 TOY_CLIP_NAME = 'toy-clip'
@@ -103,7 +103,7 @@ def load_toy_clip(folder, device='cpu') -> tuple:
     "(model in eval mode, PIL preprocess transform, tokenizer) of a saved toy CLIP folder, offline."
     folder = Path(folder)
     if not (folder / 'open_clip_config.json').exists():
-        raise FileNotFoundError(f"no toy CLIP at {folder}: train one with `python -m mvp_vpg.models.toy_clip train --out {folder}`")
+        raise FileNotFoundError(f"no toy CLIP at {folder}: train one with `mvp-vpg train clip --out {folder}`")
     model, _, preprocess = open_clip.create_model_and_transforms(f'local-dir:{folder.resolve()}', device=device)
     return model.eval(), preprocess, open_clip.get_tokenizer(f'local-dir:{folder.resolve()}')
 
@@ -112,7 +112,7 @@ def load_clip(clip='toy', model_name: str | None = None, toy_dir='data/toy/clip'
     "(model, tokenizer) from 'toy', a local-dir open_clip folder, or a weights file + `model_name`; offline."
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     if clip == 'toy':
-        p = need_path(toy_dir, 'clip', "the toy CLIP folder: `dvc repro train_clip` (or `python -m mvp_vpg.models.toy_clip train`)")
+        p = need_path(toy_dir, 'clip', "the toy CLIP folder: `dvc repro train_clip` (or `mvp-vpg train clip`)")
         m, _, tok = load_toy_clip(p, device); return m, tok
     p = need_path(clip, 'clip')
     if p.is_dir():
@@ -184,23 +184,3 @@ def train_clip(params, out=None, steps: int | None = None, n_train: int | None =
                            data_seconds=round(t_data, 1), train_seconds=round(t_train, 1)))
     if out is not None: save_toy_clip(model, out, extra=info)
     return model, tok, info
-
-# %% ../../nbs/13_toy_clip.ipynb #7d654264
-def main(argv=None):
-    p = argparse.ArgumentParser(prog='python -m mvp_vpg.models.toy_clip', description='the toy CLIP (open_clip, trained on Shapes)')
-    sub = p.add_subparsers(dest='command', required=True)
-    t = sub.add_parser('train', help='train the toy CLIP')
-    t.add_argument('--params', default='params.yaml'); t.add_argument('--out', default='data/toy/clip')
-    t.add_argument('--threads', type=int, default=None, help='torch CPU threads')
-    e = sub.add_parser('eval', help='zero-shot accuracy and CLIP scores on the test split')
-    e.add_argument('--params', default='params.yaml'); e.add_argument('--clip', default='data/toy/clip')
-    a = p.parse_args(argv)
-    if a.command == 'train':
-        _, _, info = train_clip(a.params, a.out, threads=a.threads)
-        print(json.dumps(info, indent=1))
-    else:
-        dp = _load_params(a.params)['data']
-        model, _, tok = load_toy_clip(a.clip)
-        print(json.dumps(evaluate_toy_clip(model, tok, *build_split('test', dp['n_test'], dp['seed'], dp['size'], p_two=dp['p_two'])), indent=1))
-
-if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'IPython' not in sys.modules: main()

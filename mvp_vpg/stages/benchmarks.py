@@ -1,4 +1,4 @@
-"""`python -m mvp_vpg.stages.benchmarks`: toy GenEval and toy DPG-Bench stages, and the real GenEval / DPG-Bench / VBench runs of the active profile.
+"""`mvp-vpg bench geneval-toy|dpg-toy|geneval|dpg|vbench`: toy GenEval and toy DPG-Bench stages, and the real GenEval / DPG-Bench / VBench runs of the active profile.
 
 Docs: https://mvp-vpg.github.io/mvp_vpg/benchmark_stages.html.md"""
 
@@ -6,10 +6,11 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/benchmark_stages.html.md"""
 
 # %% ../../nbs/74_benchmark_stages.ipynb #b03bc463
 from __future__ import annotations
-import argparse, json, sys
 from pathlib import Path
+from typing import Annotated, Optional
+import typer
 from ..utils.io import write_json, file_hash
-from ..utils.params import MissingAsset, load_params, active_profile, profile_asset
+from ..utils.params import load_params, active_profile, profile_asset
 from ..utils.distributed import dist_env, default_device
 from ..utils.images import read_rgb
 from ..data import shapes
@@ -22,7 +23,8 @@ from . import pipeline
 from .generate import tuned_t2i_sampler
 
 # %% auto #0
-__all__ = ['GENEVAL_TOY_DEFAULTS', 'stage_geneval_toy', 'stage_dpg_toy', 'main']
+__all__ = ['GENEVAL_TOY_DEFAULTS', 'P', 'MetricsOut', 'stage_geneval_toy', 'stage_dpg_toy', 'geneval_toy_cmd', 'dpg_toy_cmd',
+           'geneval_cmd', 'dpg_cmd', 'vbench_cmd']
 
 # %% ../../nbs/74_benchmark_stages.ipynb #62dbdff0
 GENEVAL_TOY_DEFAULTS = {'n_per_category': 12, 'n_per_prompt': 4, 'categories': ['single_object', 'colors'], 'seed': 0}
@@ -91,46 +93,44 @@ def stage_dpg_toy(params, name: str, run, variant: str = 'base', out_root='outpu
 
 # %% ../../nbs/74_benchmark_stages.ipynb #bc33afd7
 def _bench_python(params) -> str: return active_profile(params)[1].get('bench_python') or 'python'
+def _opt(help: str, **kw): return typer.Option(help=help, **kw)
+P = Path('params.yaml')
+MetricsOut = Annotated[Path, _opt('metrics JSON to write')]
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog='python -m mvp_vpg.stages.benchmarks', description='GenEval / DPG-Bench / VBench adapters')
-    sub = p.add_subparsers(dest='command', required=True)
-    t = sub.add_parser('geneval-toy'); t.add_argument('--variant', default='base'); t.add_argument('--out', default='outputs/geneval_toy')
-    t.add_argument('--metrics', default='metrics'); t.add_argument('--no-progress', action='store_true')
-    dt = sub.add_parser('dpg-toy'); dt.add_argument('--name', required=True); dt.add_argument('--run', required=True, help='a t2i train_mvp run folder')
-    dt.add_argument('--variant', default='base'); dt.add_argument('--out', default='outputs/dpg_toy'); dt.add_argument('--metrics', default='metrics/dpg_toy')
-    dt.add_argument('--no-progress', action='store_true')
-    g = sub.add_parser('geneval'); g.add_argument('--images', required=True)
-    dp = sub.add_parser('dpg'); dp.add_argument('--images', required=True); dp.add_argument('--resolution', type=int, required=True)
-    dp.add_argument('--processes', type=int, default=1)
-    v = sub.add_parser('vbench'); v.add_argument('--videos', required=True); v.add_argument('--dimensions', nargs='+', default=list(VBENCH_DIMENSIONS))
-    v.add_argument('--mode', default='vbench_standard')
-    for s in (t, dt, g, dp, v): s.add_argument('--params', default='params.yaml')
-    for s in (g, dp, v): s.add_argument('--out', required=True, help='metrics JSON')
-    a = p.parse_args(argv)
-    try:
-        params = load_params(a.params)
-        if a.command == 'geneval-toy':
-            r = stage_geneval_toy(params, a.variant, a.out, a.metrics, progress=not a.no_progress)
-            if r is not None: print(json.dumps(r, indent=1))
-            return 0
-        if a.command == 'dpg-toy':
-            r = stage_dpg_toy(params, a.name, a.run, a.variant, a.out, a.metrics, progress=not a.no_progress)
-            if r is not None: print(json.dumps(r, indent=1))
-            return 0
-        if a.command == 'geneval':
-            r = run_geneval(profile_asset(params, 'geneval', BENCH_ASSETS['geneval']), a.images, Path(a.out).with_suffix('.det.jsonl'),
-                            profile_asset(params, 'geneval_models', BENCH_ASSETS['geneval_models']), _bench_python(params))
-        elif a.command == 'dpg':
-            r = run_dpg(profile_asset(params, 'dpg_bench', BENCH_ASSETS['dpg_bench']), a.images, a.resolution, a.processes)
-        else:
-            r = run_vbench(profile_asset(params, 'vbench', BENCH_ASSETS['vbench']), a.videos, a.dimensions,
-                           Path(a.out).parent / 'vbench_results', _bench_python(params), a.mode)
-        write_json({**r, 'tool': a.command, 'images': str(getattr(a, 'images', None) or a.videos)}, a.out)
-    except (MissingAsset, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"benchmarks {a.command}: {e}", file=sys.stderr); return 2
-    print(json.dumps(r, indent=1))
-    return 0
+def geneval_toy_cmd(variant: Annotated[str, _opt('a name under `variants:` in params.yaml')] = 'base',
+                    out: Annotated[Path, _opt('root of the GenEval-layout folders')] = Path('outputs/geneval_toy'),
+                    metrics: Annotated[Path, _opt('folder of geneval_toy_<variant>.json')] = Path('metrics'),
+                    progress: Annotated[bool, _opt('progress bars')] = True, params: pipeline.ParamsFile = P) -> dict | None:
+    "Toy GenEval of a variant: GenEval layout (sharded generation), the shapes network as detector, GenEval's scoring rule."
+    return stage_geneval_toy(load_params(params), variant, out, metrics, progress=progress)
 
-# %% ../../nbs/74_benchmark_stages.ipynb #09e8101a
-if __name__ == '__main__' and 'IPython' not in sys.modules: sys.exit(main())
+def dpg_toy_cmd(name: Annotated[str, _opt('name of the result (dpg_toy_<name>.json)')], run: Annotated[Path, _opt('a text-to-image train_mvp run folder')],
+                variant: Annotated[str, _opt('a name under `variants:` in params.yaml')] = 'base',
+                out: Annotated[Path, _opt('root of the grids, tiles and prompt files')] = Path('outputs/dpg_toy'),
+                metrics: Annotated[Path, _opt('folder of dpg_toy_<name>.json')] = Path('metrics/dpg_toy'),
+                progress: Annotated[bool, _opt('progress bars')] = True, params: pipeline.ParamsFile = P) -> dict | None:
+    "Toy DPG-Bench of a text-to-image run: 2x2 grids through `generate`, the shapes network as the VQA model, DPG-Bench's scoring."
+    return stage_dpg_toy(load_params(params), name, run, variant, out, metrics, progress=progress)
+
+def geneval_cmd(images: Annotated[Path, _opt('generations in the GenEval layout')], out: MetricsOut, params: pipeline.ParamsFile = P) -> dict:
+    "GenEval on generations in its layout, with the profile's GenEval checkout and detector weights."
+    p = load_params(params)
+    r = run_geneval(profile_asset(p, 'geneval', BENCH_ASSETS['geneval']), images, Path(out).with_suffix('.det.jsonl'),
+                    profile_asset(p, 'geneval_models', BENCH_ASSETS['geneval_models']), _bench_python(p))
+    write_json({**r, 'tool': 'geneval', 'images': str(images)}, out); return r
+
+def dpg_cmd(images: Annotated[Path, _opt('2x2 grids named by prompt file')], resolution: Annotated[int, _opt('side of one tile in pixels')],
+            out: MetricsOut, processes: Annotated[int, _opt('evaluator processes')] = 1, params: pipeline.ParamsFile = P) -> dict:
+    "DPG-Bench on 2x2 grids named by prompt file, with the profile's ELLA checkout."
+    p = load_params(params)
+    r = run_dpg(profile_asset(p, 'dpg_bench', BENCH_ASSETS['dpg_bench']), images, resolution, processes)
+    write_json({**r, 'tool': 'dpg', 'images': str(images)}, out); return r
+
+def vbench_cmd(videos: Annotated[Path, _opt("videos named '<prompt>-<i>.mp4'")], out: MetricsOut,
+               dimensions: Annotated[str, _opt('comma-separated VBench dimensions')] = ','.join(VBENCH_DIMENSIONS),
+               mode: Annotated[str, _opt("VBench's evaluation mode")] = 'vbench_standard', params: pipeline.ParamsFile = P) -> dict:
+    "VBench on generated videos, with the profile's VBench checkout."
+    p = load_params(params)
+    dims = [d.strip() for d in dimensions.split(',') if d.strip()]
+    r = run_vbench(profile_asset(p, 'vbench', BENCH_ASSETS['vbench']), videos, dims, Path(out).parent / 'vbench_results', _bench_python(p), mode)
+    write_json({**r, 'tool': 'vbench', 'images': str(videos)}, out); return r

@@ -1,4 +1,4 @@
-"""`mvp-vpg sample`: class-conditional samples from VAR checkpoints (optionally with VPG) into numbered PNGs and a grid.
+"""`mvp-vpg sample`: class-conditional samples from VAR checkpoints (optionally with VPG) into numbered PNGs and a grid, with the pipeline's seed rule.
 
 Docs: https://mvp-vpg.github.io/mvp_vpg/cli.html.md"""
 
@@ -6,18 +6,22 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/cli.html.md"""
 
 # %% ../../nbs/05_cli.ipynb #deb101e8
 from __future__ import annotations
-import argparse, json, sys
+import json
 from pathlib import Path
+from typing import Annotated, Optional
+import numpy as np
 import torch
-from tqdm.auto import tqdm
+import typer
 from ..models.checkpoints import load_var, load_vqvae
-from ..sampling.sampler import sample, CFG
-from ..vpg.guidance import VPG, VARIANTS, REDRAWS
+from ..vpg.guidance import VARIANTS, REDRAWS
 from ..utils.io import write_json
-from ..utils.images import to_uint8, save_png, save_grid
+from ..utils.images import read_rgb, save_grid
+from ..generation.layouts import index_name
+from ..generation.generate import class_conditions, var_sampler, generate_shard, batch_seed, check_resume
+from .pipeline import guidance_from_spec
 
 # %% auto #0
-__all__ = ['pick_device', 'parse_schedule', 'make_guidance', 'run_sample', 'main']
+__all__ = ['pick_device', 'parse_schedule', 'parse_classes', 'make_guidance', 'run_sample']
 
 # %% ../../nbs/05_cli.ipynb #33ea09d1
 def pick_device(name: str = 'auto') -> torch.device:
@@ -27,79 +31,77 @@ def pick_device(name: str = 'auto') -> torch.device:
     if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError("--device cuda asked, but no CUDA device is available")
     return dev
 
-def _parser():
-    p = argparse.ArgumentParser(prog='mvp-vpg', description='MVP / VPG on next-scale visual autoregressive models')
-    sub = p.add_subparsers(dest='command', required=True)
-    s = sub.add_parser('sample', help='class-conditional sampling from VAR checkpoints')
-    s.add_argument('--var', required=True, help='VAR checkpoint (.pth, training checkpoint, .safetensors or model folder)')
-    s.add_argument('--vae', required=True, help='VQVAE checkpoint (e.g. vae_ch160v4096z32.pth or a model folder)')
-    s.add_argument('--depth', type=int, default=None, help='expected VAR depth (checked against the file)')
-    s.add_argument('--classes', type=int, nargs='+', default=None, help='class ids (default: every class)')
-    s.add_argument('--n-per-class', type=int, default=1)
-    s.add_argument('--batch-size', type=int, default=32)
-    s.add_argument('--cfg', type=float, default=1.5, help="CFG strength (VAR's linear ramp; 0 = off)")
-    s.add_argument('--cfg-ramp', choices=['linear', 'constant'], default='linear')
-    s.add_argument('--top-k', type=int, default=900)
-    s.add_argument('--top-p', type=float, default=0.96)
-    s.add_argument('--more-smooth', action='store_true', help='Gumbel-smoothed token maps (visualisation only)')
-    s.add_argument('--vpg-lambda', type=float, default=0.0, help='VPG strength (0 = off)')
-    s.add_argument('--vpg-p', type=float, default=0.5, help='fraction of prefix sites corrupted')
-    s.add_argument('--vpg-variant', choices=VARIANTS, default='full_embedding')
-    s.add_argument('--vpg-redraw', choices=REDRAWS, default='per_scale')
-    s.add_argument('--vpg-schedule', default='all', help="'all', n (first n scales) or a list like 1,2,3")
-    s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--mode', choices=['reference', 'fast'], default='fast')
-    s.add_argument('--device', default='auto')
-    s.add_argument('--grid-cols', type=int, default=None)
-    s.add_argument('--out', required=True, type=Path)
-    return p
-
 def parse_schedule(text: str):
     "'all' | 'n' | 'i,j,k' -> a VPG schedule."
-    text = text.strip()
+    text = str(text).strip()
     if text == 'all': return 'all'
     try: return int(text) if ',' not in text else [int(t) for t in text.split(',') if t.strip()]
     except ValueError: raise ValueError(f"--vpg-schedule must be 'all', a number or a comma-separated list of scale indices, got {text!r}") from None
 
-def make_guidance(a, vae=None):
-    "CFG, wrapped in VPG when --vpg-lambda is non-zero."
-    g = CFG(a.cfg, a.cfg_ramp)
-    if a.vpg_lambda == 0: return g
-    cb = vae.quantize.embedding.weight if (vae is not None and a.vpg_variant == 'codebook') else None
-    return VPG(a.vpg_lambda, a.vpg_p, a.vpg_variant, a.vpg_redraw, parse_schedule(a.vpg_schedule), base=g, codebook=cb)
+def parse_classes(text: str | None, num_classes: int) -> list[int]:
+    "'1,3' -> [1, 3]; None or '' -> every class; ids outside [0, num_classes) are refused."
+    if text is None or not str(text).strip(): return list(range(num_classes))
+    try: classes = [int(t) for t in str(text).replace(' ', ',').split(',') if t.strip()]
+    except ValueError: raise ValueError(f"--classes must be comma-separated class ids, got {text!r}") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad: raise ValueError(f"--classes {bad} outside [0, {num_classes - 1}] for this checkpoint")
+    return classes
 
-def run_sample(a) -> Path:
-    "Sample every requested class `n_per_class` times; write PNGs, the grid and samples.json. Returns the out folder."
-    if a.n_per_class < 1 or a.batch_size < 1: raise ValueError("--n-per-class and --batch-size must be >= 1")
-    if not 0 <= a.top_p < 1 or a.top_k < 0: raise ValueError("--top-p must be in [0, 1) and --top-k >= 0")
-    dev = pick_device(a.device)
-    var = load_var(a.var, depth=a.depth, device=dev)
-    vae = load_vqvae(a.vae, patch_nums=var.patch_nums, device=dev)
-    classes = list(range(var.num_classes)) if a.classes is None else a.classes
-    bad = [c for c in classes if not 0 <= c < var.num_classes]
-    if bad: raise ValueError(f"--classes {bad} outside [0, {var.num_classes - 1}] for this checkpoint")
-    make_guidance(a, vae)  # validate the guidance options before any work
-    labels = torch.tensor([c for c in classes for _ in range(a.n_per_class)])
-    out = Path(a.out); (out / 'images').mkdir(parents=True, exist_ok=True)
-    records, firsts = [], []
-    batches = labels.split(a.batch_size)
-    for b, lab in enumerate(tqdm(batches, desc='sampling', unit='batch')):
-        res = sample(var, vae, lab.to(dev), guidance=make_guidance(a, vae), top_k=a.top_k, top_p=a.top_p,
-                     more_smooth=a.more_smooth, seed=a.seed + b, mode=a.mode)
-        for j, arr in enumerate(to_uint8(res.images)):
-            i = b * a.batch_size + j
-            save_png(arr, out / 'images' / f'{i:06d}.png')
-            records.append({'file': f'images/{i:06d}.png', 'class': int(lab[j]), 'batch_seed': a.seed + b})
-        firsts.append(res.images.cpu())
-    imgs = torch.cat(firsts)
-    save_grid(imgs[:256], out / 'grid.png', nrow=a.grid_cols or (a.n_per_class if a.n_per_class > 1 else 8))
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+def make_guidance(cfg: float = 1.5, cfg_ramp: str = 'linear', vpg_lambda: float = 0.0, vpg_p: float = 0.5,
+                  vpg_variant: str = 'full_embedding', vpg_redraw: str = 'per_scale', vpg_schedule: str = 'all', vae=None):
+    "CFG, wrapped in VPG when `vpg_lambda` is non-zero: the pipeline's `guidance_from_spec` on the command line's options."
+    if vpg_variant not in VARIANTS: raise ValueError(f"--vpg-variant must be one of {VARIANTS}, got {vpg_variant!r}")
+    if vpg_redraw not in REDRAWS: raise ValueError(f"--vpg-redraw must be one of {REDRAWS}, got {vpg_redraw!r}")
+    return guidance_from_spec({'cfg': cfg, 'cfg_ramp': cfg_ramp, 'vpg_lambda': vpg_lambda, 'vpg_p': vpg_p, 'vpg_variant': vpg_variant,
+                               'vpg_redraw': vpg_redraw, 'vpg_schedule': parse_schedule(vpg_schedule)}, vae)
+
+def _opt(help: str, *names, **kw): return typer.Option(*names, help=help, **kw)
+
+def run_sample(
+    var: Annotated[str, _opt('VAR checkpoint (.pth, training checkpoint, .safetensors or model folder)')],
+    vae: Annotated[str, _opt('VQVAE checkpoint (e.g. vae_ch160v4096z32.pth or a model folder)')],
+    out: Annotated[Path, _opt('output folder: images/{i:06d}.png, grid.png, samples.json')],
+    classes: Annotated[Optional[str], _opt('comma-separated class ids (default: every class)')] = None,
+    n_per_class: Annotated[int, _opt('samples per class')] = 1,
+    batch_size: Annotated[int, _opt('images per batch (with --seed, fixes every batch seed)')] = 32,
+    cfg: Annotated[float, _opt("CFG strength (0 = off)")] = 1.5,
+    cfg_ramp: Annotated[str, _opt("'linear' (VAR's ramp over scales) or 'constant'")] = 'linear',
+    top_k: Annotated[int, _opt('top-k sampling (0 = off)')] = 900,
+    top_p: Annotated[float, _opt('top-p sampling (0 = off)')] = 0.96,
+    more_smooth: Annotated[bool, _opt('Gumbel-smoothed token maps (visualisation only)')] = False,
+    vpg_lambda: Annotated[float, _opt('VPG strength (0 = off)')] = 0.0,
+    vpg_p: Annotated[float, _opt('fraction of prefix sites corrupted')] = 0.5,
+    vpg_variant: Annotated[str, _opt(f"corruption: {', '.join(VARIANTS)}")] = 'full_embedding',
+    vpg_redraw: Annotated[str, _opt(f"when corruptions are redrawn: {', '.join(REDRAWS)}")] = 'per_scale',
+    vpg_schedule: Annotated[str, _opt("'all', n (first n scales) or a list like 1,2,3")] = 'all',
+    seed: Annotated[int, _opt('base seed: batch b draws with seed*1000003 + b (the pipeline rule)')] = 0,
+    mode: Annotated[str, _opt("'fast' or 'reference' (the official sampler's exact order of operations)")] = 'fast',
+    depth: Annotated[Optional[int], _opt('expected VAR depth (checked against the file)')] = None,
+    device: Annotated[str, _opt("'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")] = 'auto',
+    grid_cols: Annotated[Optional[int], _opt('grid columns (default: n-per-class, or 8)')] = None,
+    progress: Annotated[bool, _opt('progress bar')] = True,
+) -> Path:
+    "Class-conditional samples from VAR checkpoints (optionally with VPG): numbered PNGs, a grid and samples.json."
+    if n_per_class < 1 or batch_size < 1: raise ValueError("--n-per-class and --batch-size must be >= 1")
+    if not 0 <= top_p < 1 or top_k < 0: raise ValueError("--top-p must be in [0, 1) and --top-k >= 0")
+    if mode not in ('fast', 'reference'): raise ValueError(f"--mode must be 'fast' or 'reference', got {mode!r}")
+    dev = pick_device(device)
+    v = load_var(var, depth=depth, device=dev)
+    q = load_vqvae(vae, patch_nums=v.patch_nums, device=dev)
+    cls = parse_classes(classes, v.num_classes)
+    g = make_guidance(cfg, cfg_ramp, vpg_lambda, vpg_p, vpg_variant, vpg_redraw, vpg_schedule, q)
+    conds = class_conditions(cls, n_per_class)
+    settings = json.loads(json.dumps({'var': str(var), 'vae': str(vae), 'classes': cls, 'n_per_class': n_per_class, 'batch_size': batch_size,
+                'seed': seed, 'cfg': cfg, 'cfg_ramp': cfg_ramp, 'top_k': top_k, 'top_p': top_p, 'more_smooth': more_smooth, 'mode': mode,
+                'vpg_lambda': vpg_lambda, 'vpg_p': vpg_p, 'vpg_variant': vpg_variant, 'vpg_redraw': vpg_redraw, 'vpg_schedule': vpg_schedule,
+                'guidance': repr(g), 'seed_rule': 'generator seed of batch b = seed*1000003 + b; batch b = images [b*bs, (b+1)*bs)'}))
+    out = Path(out); check_resume(out / 'samples.json', settings)
+    (out / 'images').mkdir(parents=True, exist_ok=True)
+    generate_shard(out / 'images', conds, var_sampler(v, q, g, top_k, top_p, mode, more_smooth=more_smooth), seed, batch_size,
+                   progress=progress, desc='sampling')
+    first = np.stack([read_rgb(out / 'images' / index_name(i)) for i in range(min(256, len(conds)))])
+    save_grid(torch.from_numpy(first).permute(0, 3, 1, 2).float() / 255, out / 'grid.png',
+              nrow=grid_cols or (n_per_class if n_per_class > 1 else 8))
+    records = [{'file': f'images/{index_name(i)}', 'class': c, 'batch_seed': batch_seed(seed, i // batch_size)} for i, c in enumerate(conds)]
     write_json({'settings': settings, 'samples': records}, out / 'samples.json')
     return out
-
-def main(argv=None):
-    a = _parser().parse_args(argv)
-    try:
-        if a.command == 'sample': print(run_sample(a))
-    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
-        sys.exit(f"mvp-vpg {a.command}: error: {e}")

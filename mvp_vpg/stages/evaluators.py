@@ -1,4 +1,4 @@
-"""`python -m mvp_vpg.stages.evaluators`: the ADM evaluator, torch-fidelity FID, CLIP score and the toy ADM export as stages of the active profile.
+"""`mvp-vpg evaluate adm|fid|clipscore|npz-toy|pack|shapes-fid|toy-clip`: the ADM evaluator, torch-fidelity FID, CLIP score and the toy ADM export as stages of the active profile, and the toy models' own checks.
 
 Docs: https://mvp-vpg.github.io/mvp_vpg/evaluator_stages.html.md"""
 
@@ -6,18 +6,23 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/evaluator_stages.html.md"""
 
 # %% ../../nbs/73_evaluator_stages.ipynb #20e0c781
 from __future__ import annotations
-import argparse, json, sys
 from pathlib import Path
+from typing import Annotated, Optional
 import numpy as np
+import typer
 from ..utils.io import write_json
-from ..utils.params import MissingAsset, load_params, active_profile, profile_asset
+from ..utils.params import load_params, active_profile, profile_asset
 from ..utils.images import read_rgb
 from ..data.folders import read_texts
+from ..data.shapes import build_split
+from ..models.toy_clip import load_toy_clip, evaluate_toy_clip
 from ..evaluation.evaluators import numbered_images, pack_npz, run_adm_evaluator, inception_metrics, fidelity_input, clip_score_folder
 from ..evaluation import shapes_net as scorer
+from .pipeline import ParamsFile
 
 # %% auto #0
-__all__ = ['stage_adm', 'stage_fid', 'stage_clipscore', 'stage_npz_toy', 'main']
+__all__ = ['Samples', 'MetricsOut', 'P', 'stage_adm', 'stage_fid', 'stage_clipscore', 'stage_npz_toy', 'pack_cmd', 'npz_toy_cmd',
+           'adm_cmd', 'fid_cmd', 'clipscore_cmd', 'shapes_fid_cmd', 'toy_clip_cmd']
 
 # %% ../../nbs/73_evaluator_stages.ipynb #fa70293d
 def _fresh(npz: Path, folder: Path) -> bool:
@@ -74,33 +79,44 @@ def stage_npz_toy(params, samples, out, npz, ref='data/shapes/test_png') -> dict
     write_json(res, out); return res
 
 # %% ../../nbs/73_evaluator_stages.ipynb #55b2b2eb
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog='python -m mvp_vpg.stages.evaluators', description='external evaluators (local files only)')
-    sub = p.add_subparsers(dest='command', required=True)
-    k = sub.add_parser('pack', help='numbered PNGs -> ADM .npz'); k.add_argument('samples'); k.add_argument('--out'); k.add_argument('--expected', type=int)
-    t = sub.add_parser('npz-toy', help='toy profile: ADM .npz export, read back and scored with the shapes network')
-    t.add_argument('--params', default='params.yaml'); t.add_argument('--samples', required=True); t.add_argument('--npz', required=True)
-    t.add_argument('--out', required=True); t.add_argument('--ref', default='data/shapes/test_png')
-    for name in ('adm', 'fid', 'clipscore'):
-        s = sub.add_parser(name); s.add_argument('--params', default='params.yaml'); s.add_argument('--samples', required=True)
-        s.add_argument('--out', required=True)
-        if name == 'adm': s.add_argument('--expected', type=int)
-        if name == 'fid': s.add_argument('--ref')
-        if name == 'clipscore': s.add_argument('--texts', required=True); s.add_argument('--n-per-text', type=int, default=1)
-    a = p.parse_args(argv)
-    try:
-        if a.command == 'pack':
-            r = pack_npz(a.samples, a.out or Path(a.samples).with_name(Path(a.samples).name + '.npz'), a.expected)
-        else:
-            params = load_params(a.params)
-            if a.command == 'npz-toy': r = stage_npz_toy(params, a.samples, a.out, a.npz, a.ref)
-            elif a.command == 'adm': r = stage_adm(params, a.samples, a.out, a.expected)
-            elif a.command == 'fid': r = stage_fid(params, a.samples, a.out, a.ref)
-            else: r = stage_clipscore(params, a.samples, a.texts, a.out, a.n_per_text)
-    except (MissingAsset, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"evaluators {a.command}: {e}", file=sys.stderr); return 2
-    print(json.dumps(r, indent=1))
-    return 0
+def _opt(help: str, **kw): return typer.Option(help=help, **kw)
+Samples = Annotated[Path, _opt('folder of numbered PNGs')]
+MetricsOut = Annotated[Path, _opt('metrics JSON to write')]
+P = Path('params.yaml')
 
-# %% ../../nbs/73_evaluator_stages.ipynb #619905fa
-if __name__ == '__main__' and 'IPython' not in sys.modules: sys.exit(main())
+def pack_cmd(samples: Annotated[Path, typer.Argument(help='folder of numbered PNGs')],
+             out: Annotated[Optional[Path], _opt('the .npz (default: <samples>.npz)')] = None,
+             expected: Annotated[Optional[int], _opt('refuse a folder with another number of images')] = None) -> dict:
+    "Pack numbered PNGs into the ADM evaluator's .npz (arr_0, uint8 N x H x W x 3)."
+    return pack_npz(samples, out or Path(samples).with_name(Path(samples).name + '.npz'), expected)
+
+def npz_toy_cmd(samples: Samples, npz: Annotated[Path, _opt('the .npz to write')], out: MetricsOut,
+                ref: Annotated[Path, _opt('reference PNG folder')] = Path('data/shapes/test_png'), params: ParamsFile = P) -> dict:
+    "Toy profile: the ADM .npz export of a sample folder, read back and scored with the shapes network."
+    return stage_npz_toy(load_params(params), samples, out, npz, ref)
+
+def adm_cmd(samples: Samples, out: MetricsOut, expected: Annotated[Optional[int], _opt('expected number of images')] = None,
+            params: ParamsFile = P) -> dict:
+    "Pack the PNGs into the ADM .npz and run the profile's guided-diffusion evaluator (FID, sFID, IS, precision, recall)."
+    return stage_adm(load_params(params), samples, out, expected)
+
+def fid_cmd(samples: Samples, out: MetricsOut, ref: Annotated[Optional[str], _opt("reference folder or .npz (default: the profile's adm_ref)")] = None,
+            params: ParamsFile = P) -> dict:
+    "torch-fidelity FID / IS / KID / precision / recall with the profile's local Inception weights."
+    return stage_fid(load_params(params), samples, out, ref)
+
+def clipscore_cmd(samples: Samples, texts: Annotated[Path, _opt('texts, one per line (.txt) or a .jsonl')], out: MetricsOut,
+                  n_per_text: Annotated[int, _opt('images per text, in order')] = 1, params: ParamsFile = P) -> dict:
+    "CLIP score of numbered PNGs against their texts with the profile's CLIP (the toy CLIP on the toy profile)."
+    return stage_clipscore(load_params(params), samples, texts, out, n_per_text)
+
+def shapes_fid_cmd(gen: Annotated[Path, typer.Argument(help='generated image folder')], ref: Annotated[Path, typer.Argument(help='reference image folder')],
+                   scorer_dir: Annotated[Path, typer.Option('--scorer', help='shapes network folder')] = Path('data/toy/scorer')) -> dict:
+    "FID / IS / KID / precision / recall of two image folders with the shapes network's features (toy)."
+    return scorer.fidelity_metrics(gen, ref, scorer_dir)
+
+def toy_clip_cmd(clip: Annotated[Path, _opt('toy CLIP folder')] = Path('data/toy/clip'), params: ParamsFile = P) -> dict:
+    "Zero-shot accuracy and CLIP scores of the toy CLIP on the Shapes test split."
+    dp = load_params(params)['data']
+    model, _, tok = load_toy_clip(clip)
+    return evaluate_toy_clip(model, tok, *build_split('test', dp['n_test'], dp['seed'], dp['size'], p_two=dp['p_two']))

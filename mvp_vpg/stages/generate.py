@@ -1,4 +1,4 @@
-"""`python -m mvp_vpg.stages.generate`: sharded, resumable class- or text-conditional generation of a params.yaml variant, with a tuned run's prompt / LoRA / adapter, in any benchmark layout.
+"""`mvp-vpg generate` (= `python -m mvp_vpg.stages generate`, also under `torchrun -m`): sharded, resumable class- or text-conditional generation of a params.yaml variant, with a tuned run's prompt / LoRA / adapter, in any benchmark layout.
 
 Docs: https://mvp-vpg.github.io/mvp_vpg/generation_stage.html.md"""
 
@@ -6,10 +6,11 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/generation_stage.html.md"""
 
 # %% ../../nbs/72_generation_stage.ipynb #4b098f06
 from __future__ import annotations
-import argparse, hashlib, sys
+import hashlib, sys
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Callable, Optional
 import torch
+import typer
 from ..utils.io import file_hash
 from ..utils.params import MissingAsset, load_params, active_profile, profile_asset
 from ..utils.distributed import dist_env, default_device
@@ -19,9 +20,10 @@ from ..generation.layouts import index_name
 from ..generation.generate import (LAYOUTS, var_sampler, t2i_sampler, generate, class_conditions, prompt_conditions, read_prompt_set,
                                          prompt_set_checks, layout_name, finish_layout, tiles_dir)
 from . import pipeline
+from .cli import parse_classes
 
 # %% auto #0
-__all__ = ['profile_text_encoder', 'parse_args', 'load_tuned_for_sampling', 'tuned_t2i_sampler', 'main']
+__all__ = ['profile_text_encoder', 'load_tuned_for_sampling', 'tuned_t2i_sampler', 'generate_cmd']
 
 # %% ../../nbs/72_generation_stage.ipynb #7c552c1b
 def profile_text_encoder(params, device='cpu', text_dim: int | None = None) -> Callable:
@@ -35,27 +37,6 @@ def profile_text_encoder(params, device='cpu', text_dim: int | None = None) -> C
                          "use the CLIP the run was trained with (profiles.<name>.clip / clip_model)")
     return lambda texts: encode_texts(model, tok, texts)
 
-# %% ../../nbs/72_generation_stage.ipynb #634efcc0
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog='python -m mvp_vpg.stages.generate',
-                                description='sharded, resumable class- or text-conditional generation (run under torchrun for several processes)')
-    p.add_argument('--params', default='params.yaml')
-    p.add_argument('--variant', default='base', help='a name under `variants:` in params.yaml')
-    p.add_argument('--out', required=True, help='output folder of numbered PNGs')
-    p.add_argument('--n-per-class', type=int, default=None, help='default: sample.n_per_class')
-    p.add_argument('--seed', type=int, default=None, help='default: the first of sample.seeds')
-    p.add_argument('--batch-size', type=int, default=None, help='default: sample.batch_size (fixes the per-batch seeds)')
-    p.add_argument('--classes', default=None, help='comma-separated class ids (default: all classes)')
-    p.add_argument('--tuned', default=None, help='a train_mvp run folder (or its tuned/): sample with its prompt / LoRA / weights')
-    p.add_argument('--prompts', default=None, help='text-to-image: a .txt / .jsonl prompt file or a DPG-Bench prompts/ folder (needs a t2i --tuned run)')
-    p.add_argument('--prompt-key', default=None, help='field of a .jsonl prompt file (default: the first of prompt/caption/text)')
-    p.add_argument('--n-per-prompt', type=int, default=1, help='samples per prompt (GenEval uses 4, DPG-Bench needs 4)')
-    p.add_argument('--layout', default='numbered', choices=LAYOUTS, help='file layout of text-to-image generations')
-    p.add_argument('--no-progress', action='store_true')
-    p.add_argument('--max-batches', type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument('--hang-at-max', action='store_true', help=argparse.SUPPRESS)
-    return p.parse_args(argv)
-
 # %% ../../nbs/72_generation_stage.ipynb #64db2448
 def load_tuned_for_sampling(folder, var, device, task: str = 'c2i') -> tuple:
     "(var, prompt, {artefact: sha256}, text adapter) of a `task` train_mvp run (`folder` or `folder/tuned`) on `var`."
@@ -64,7 +45,7 @@ def load_tuned_for_sampling(folder, var, device, task: str = 'c2i') -> tuple:
         return var, None, None, None
     f = Path(folder)
     f = f / 'tuned' if (f / 'tuned' / 'config.json').exists() else f
-    if not (f / 'config.json').exists(): raise FileNotFoundError(f"--tuned {folder}: no tuned model there (train it with python -m mvp_vpg.stages.tune)")
+    if not (f / 'config.json').exists(): raise FileNotFoundError(f"--tuned {folder}: no tuned model there (train it with mvp-vpg tune)")
     t = load_tuned(f, var, device)
     if t.task != task:
         raise ValueError(f"--tuned {folder} is a {t.task} model: " + ("give --prompts to draw text-to-image samples" if t.task == 't2i'
@@ -80,56 +61,66 @@ def tuned_t2i_sampler(params, run, spec: dict, var, vae, device) -> tuple[Callab
     return t2i_sampler(var, vae, adapter, encode, g, spec['top_k'], spec['top_p'], spec['mode'], prompt), tuned, g
 
 # %% ../../nbs/72_generation_stage.ipynb #5d6e50bb
-def main(argv=None) -> int:
-    a = parse_args(argv)
-    task = 't2i' if a.prompts is not None else 'c2i'
-    try:
-        params = load_params(a.params)
-        s = params['sample']
-        spec = pipeline.variant_spec(params, a.variant)
-        rank, world, local = dist_env()
-        dev = default_device(local)
-        if task == 't2i':
-            texts, metas, names = read_prompt_set(a.prompts, a.prompt_key)
-            prompt_set_checks(a.layout, a.n_per_prompt, metas, names)
-        elif a.layout != 'numbered': raise ValueError(f"--layout {a.layout} is for text-to-image generation (give --prompts)")
-        var, vae = pipeline.load_base_models(params, dev)
-        var_p, vae_p = pipeline.base_model_paths(params)
-        if task == 't2i': sampler, tuned, g = tuned_t2i_sampler(params, a.tuned, spec, var, vae, dev)
-        else:
-            var, prompt, tuned, _ = load_tuned_for_sampling(a.tuned, var, dev)
-            g = pipeline.guidance_from_spec(spec, vae)
-            sampler = var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode'], prompt)
-    except (MissingAsset, FileNotFoundError, ValueError) as e:
-        print(f"generate: {e}", file=sys.stderr); return 2
-    seed = a.seed if a.seed is not None else s['seeds'][0]
-    bs = a.batch_size or s['batch_size']
-    base = {'variant': a.variant, 'profile': active_profile(params)[0], 'sampler': spec, 'guidance': repr(g),
-            'var_sha256': file_hash(var_p), 'vae_sha256': file_hash(vae_p), 'tuned': tuned}
-    info = {'var': str(var_p), 'vae': str(vae_p), 'tuned_from': a.tuned, 'device': torch.device(dev).type, 'torch': torch.__version__,
-            'mvp_vpg_command': ' '.join(sys.argv)}
-    out, name = Path(a.out), index_name
-    if task == 'c2i':
-        n = a.n_per_class if a.n_per_class is not None else s['n_per_class']
-        classes = [int(c) for c in a.classes.split(',')] if a.classes else list(range(var.num_classes))
-        conds = class_conditions(classes, n)
-        settings = {**base, 'conditions': {'kind': 'class', 'classes': classes, 'n_per_class': n}}
-    else:
-        conds = prompt_conditions(texts, a.n_per_prompt)
-        settings = {**base, 'conditions': {'kind': 'prompt', 'prompts': str(a.prompts), 'n_prompts': len(texts), 'n_per_prompt': a.n_per_prompt,
-                                           'layout': a.layout, 'texts_sha256': hashlib.sha256('\n'.join(texts).encode()).hexdigest()}}
-        name = layout_name(a.layout, a.n_per_prompt)
-        if a.layout == 'dpg': out = tiles_dir(a.out)
-    try:
-        man = generate(out, conds, sampler, seed, bs, settings, info, name=name, max_batches=a.max_batches,
-                       on_max='hang' if a.hang_at_max else 'stop', progress=not a.no_progress)
-    except ValueError as e:                      # e.g. resuming into a folder made with other settings
-        print(f"generate: {e}", file=sys.stderr); return 2
-    if rank == 0:
-        if man['complete'] and task == 't2i': finish_layout(a.out, a.layout, texts, metas, names, a.n_per_prompt)
-        msg = 'complete' if man['complete'] else f"incomplete ({man['n_missing']} missing): run again to resume"
-        print(f"generate: {a.out}: {man['settings']['n_images']} images, {msg}", file=sys.stderr)
-    return 0
+def _opt(help: str, **kw): return typer.Option(help=help, **kw)
 
-# %% ../../nbs/72_generation_stage.ipynb #6d66efb5
-if __name__ == '__main__' and 'IPython' not in sys.modules: sys.exit(main())
+def generate_cmd(
+    out: Annotated[Path, _opt('output folder of numbered PNGs (with manifest.json)')],
+    variant: Annotated[str, _opt('a name under `variants:` in params.yaml')] = 'base',
+    params: pipeline.ParamsFile = Path('params.yaml'),
+    n_per_class: Annotated[Optional[int], _opt('default: sample.n_per_class')] = None,
+    seed: Annotated[Optional[int], _opt('default: the first of sample.seeds')] = None,
+    batch_size: Annotated[Optional[int], _opt('default: sample.batch_size (fixes the per-batch seeds)')] = None,
+    classes: Annotated[Optional[str], _opt('comma-separated class ids (default: all classes)')] = None,
+    tuned: Annotated[Optional[str], _opt('a train_mvp run folder (or its tuned/): sample with its prompt / LoRA / weights')] = None,
+    prompts: Annotated[Optional[str], _opt('text-to-image: a .txt / .jsonl prompt file or a DPG-Bench prompts/ folder (needs a t2i --tuned run)')] = None,
+    prompt_key: Annotated[Optional[str], _opt('field of a .jsonl prompt file (default: the first of prompt/caption/text)')] = None,
+    n_per_prompt: Annotated[int, _opt('samples per prompt (GenEval uses 4, DPG-Bench needs 4)')] = 1,
+    layout: Annotated[str, _opt(f"file layout of text-to-image generations: {', '.join(LAYOUTS)}")] = 'numbered',
+    progress: Annotated[bool, _opt('progress bars')] = True,
+    max_batches: Annotated[Optional[int], _opt('stop after drawing this many batches (tests)', hidden=True)] = None,
+    hang_at_max: Annotated[bool, _opt('block instead of stopping at --max-batches (tests)', hidden=True)] = False,
+) -> None:
+    """Sharded, resumable class- or text-conditional generation of a params.yaml variant (run under torchrun for several
+    processes): numbered PNGs or a benchmark layout, byte-identical whatever the number of processes."""
+    task = 't2i' if prompts is not None else 'c2i'
+    p = load_params(params)
+    s = p['sample']
+    spec = pipeline.variant_spec(p, variant)
+    rank, world, local = dist_env()
+    dev = default_device(local)
+    if layout not in LAYOUTS: raise ValueError(f"--layout must be one of {LAYOUTS}, got {layout!r}")
+    if task == 't2i':
+        texts, metas, names = read_prompt_set(prompts, prompt_key)
+        prompt_set_checks(layout, n_per_prompt, metas, names)
+    elif layout != 'numbered': raise ValueError(f"--layout {layout} is for text-to-image generation (give --prompts)")
+    var, vae = pipeline.load_base_models(p, dev)
+    var_p, vae_p = pipeline.base_model_paths(p)
+    if task == 't2i': sampler, hashes, g = tuned_t2i_sampler(p, tuned, spec, var, vae, dev)
+    else:
+        var, prompt, hashes, _ = load_tuned_for_sampling(tuned, var, dev)
+        g = pipeline.guidance_from_spec(spec, vae)
+        sampler = var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode'], prompt)
+    seed = seed if seed is not None else s['seeds'][0]
+    bs = batch_size or s['batch_size']
+    base = {'variant': variant, 'profile': active_profile(p)[0], 'sampler': spec, 'guidance': repr(g),
+            'var_sha256': file_hash(var_p), 'vae_sha256': file_hash(vae_p), 'tuned': hashes}
+    info = {'var': str(var_p), 'vae': str(vae_p), 'tuned_from': tuned, 'device': torch.device(dev).type, 'torch': torch.__version__,
+            'mvp_vpg_command': ' '.join(sys.argv)}
+    folder, name = Path(out), index_name
+    if task == 'c2i':
+        n = n_per_class if n_per_class is not None else s['n_per_class']
+        cls = parse_classes(classes, var.num_classes)
+        conds = class_conditions(cls, n)
+        settings = {**base, 'conditions': {'kind': 'class', 'classes': cls, 'n_per_class': n}}
+    else:
+        conds = prompt_conditions(texts, n_per_prompt)
+        settings = {**base, 'conditions': {'kind': 'prompt', 'prompts': str(prompts), 'n_prompts': len(texts), 'n_per_prompt': n_per_prompt,
+                                           'layout': layout, 'texts_sha256': hashlib.sha256('\n'.join(texts).encode()).hexdigest()}}
+        name = layout_name(layout, n_per_prompt)
+        if layout == 'dpg': folder = tiles_dir(out)
+    man = generate(folder, conds, sampler, seed, bs, settings, info, name=name, max_batches=max_batches,
+                   on_max='hang' if hang_at_max else 'stop', progress=progress)
+    if rank != 0: return
+    if man['complete'] and task == 't2i': finish_layout(out, layout, texts, metas, names, n_per_prompt)
+    msg = 'complete' if man['complete'] else f"incomplete ({man['n_missing']} missing): run again to resume"
+    print(f"generate: {out}: {man['settings']['n_images']} images, {msg}", file=sys.stderr)

@@ -6,10 +6,12 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/pipeline.html.md"""
 
 # %% ../../nbs/70_pipeline.ipynb #35bf2e24
 from __future__ import annotations
-import argparse, json, sys
+import json
 from pathlib import Path
+from typing import Annotated
 import numpy as np
 import torch
+import typer
 from PIL import Image
 from tqdm.auto import tqdm
 from ..utils.io import atomic_write, write_json, write_jsonl, write_text, file_hash
@@ -24,9 +26,10 @@ from ..generation.generate import generate_shard, class_conditions, var_sampler
 from ..evaluation import shapes_net as scorer
 
 # %% auto #0
-__all__ = ['STAGES', 'stage_data', 'load_split', 'caption_record', 'stage_captions', 'caption_folder_blip2', 'base_model_paths',
-           'load_base_models', 'sample_to_folder', 'variant_spec', 'guidance_from_spec', 'stage_sample', 'sweep_name',
-           'stage_sample_sweep', 'mean_std', 'aggregate', 'stage_evaluate', 'main']
+__all__ = ['ParamsFile', 'Variant', 'stage_data', 'load_split', 'caption_record', 'stage_captions', 'caption_folder_blip2',
+           'base_model_paths', 'load_base_models', 'sample_to_folder', 'variant_spec', 'guidance_from_spec',
+           'stage_sample', 'sweep_name', 'stage_sample_sweep', 'mean_std', 'aggregate', 'stage_evaluate', 'data_cmd',
+           'captions_cmd', 'sample_variant_cmd', 'sample_sweep_cmd', 'evaluate_variant_cmd']
 
 # %% ../../nbs/70_pipeline.ipynb #8b15768e
 def stage_data(params: dict, out='data/shapes'):
@@ -125,13 +128,13 @@ def variant_spec(params, variant: str) -> dict:
 
 # %% ../../nbs/70_pipeline.ipynb #eb65f65f
 def guidance_from_spec(spec: dict, vae=None):
-    "CFG(spec.cfg), wrapped in VPG when spec has a non-zero `vpg_lambda`."
-    g = CFG(spec['cfg'])
+    "CFG(spec.cfg, spec.cfg_ramp), wrapped in VPG when spec has a non-zero `vpg_lambda`."
+    g = CFG(spec['cfg'], spec.get('cfg_ramp', 'linear'))
     lam = spec.get('vpg_lambda', 0)
     if not lam: return g
     variant = spec.get('vpg_variant', 'full_embedding')
     return VPG(lam, spec.get('vpg_p', 0.5), variant, spec.get('vpg_redraw', 'per_scale'), spec.get('vpg_schedule', 'all'),
-               base=g, codebook=vae.quantize.embedding.weight if variant == 'codebook' else None)
+               base=g, codebook=vae.quantize.embedding.weight if (variant == 'codebook' and vae is not None) else None)
 
 # %% ../../nbs/70_pipeline.ipynb #fa6d77e1
 def stage_sample(params, variant='base', out_root='outputs/samples', spec: dict | None = None):
@@ -191,27 +194,26 @@ def stage_evaluate(params, variant='base', samples_root='outputs/samples', ref_d
     return res
 
 # %% ../../nbs/70_pipeline.ipynb #32f7cf42
-STAGES = {'data': stage_data, 'captions': stage_captions, 'sample': stage_sample, 'evaluate': stage_evaluate,
-          'sample_sweep': stage_sample_sweep}
+ParamsFile = Annotated[Path, typer.Option('--params', help='params file (profile, sampler settings, variants)')]
+Variant = Annotated[str, typer.Option(help='a name under `variants:` in params.yaml')]
 
-# %% ../../nbs/70_pipeline.ipynb #de89e4a8
-def main(argv=None):
-    p = argparse.ArgumentParser(prog='python -m mvp_vpg.stages.pipeline', description='run one pipeline stage')
-    p.add_argument('stage', choices=sorted(STAGES))
-    p.add_argument('--params', default='params.yaml')
-    p.add_argument('--variant', default=None, help='sample/evaluate: the variant under `variants:` (default base)')
-    p.add_argument('--lam', type=float, default=None, help='sample_sweep: VPG lambda')
-    p.add_argument('--p', type=float, default=None, help='sample_sweep: corruption fraction')
-    a = p.parse_args(argv)
-    params = load_params(a.params)
-    kw = {}
-    if a.stage in ('sample', 'evaluate') and a.variant: kw['variant'] = a.variant
-    if a.stage == 'sample_sweep':
-        if a.lam is None or a.p is None: p.error('sample_sweep needs --lam and --p')
-        kw = {'lam': a.lam, 'p': a.p}
-    try: STAGES[a.stage](params, **kw)
-    except (MissingAsset, FileNotFoundError, ValueError) as e:
-        sys.exit(f"stage {a.stage}: {e}")
+def data_cmd(params: ParamsFile = Path('params.yaml')):
+    "Render the Shapes splits (toy profile) or check the dataset path (real profiles)."
+    stage_data(load_params(params))
 
-# %% ../../nbs/70_pipeline.ipynb #6ed94fc5
-if __name__ == '__main__' and not hasattr(sys, 'ps1') and 'IPython' not in sys.modules: main()
+def captions_cmd(params: ParamsFile = Path('params.yaml')):
+    "One JSONL line per image: ground truth on the toy profile, BLIP-2 captions on real data."
+    stage_captions(load_params(params))
+
+def sample_variant_cmd(variant: Variant = 'base', params: ParamsFile = Path('params.yaml')):
+    "Class-conditional samples of one variant, one folder per seed of `sample.seeds` (outputs/samples/<variant>/seed<s>/)."
+    stage_sample(load_params(params), variant)
+
+def sample_sweep_cmd(lam: Annotated[float, typer.Option(help='VPG lambda')], p: Annotated[float, typer.Option(help='VPG corruption fraction')],
+                     params: ParamsFile = Path('params.yaml')):
+    "One point of the VPG lambda x p sweep (`vpg_sweep.spec` with these two values) into outputs/samples/vpg_sweep_lam<lam>_p<p>/."
+    stage_sample_sweep(load_params(params), lam, p)
+
+def evaluate_variant_cmd(variant: Variant = 'base', params: ParamsFile = Path('params.yaml')):
+    "FID / IS / KID / precision / recall / class accuracy of a sampled variant per seed, mean and std into metrics/<variant>.json."
+    return stage_evaluate(load_params(params), variant)

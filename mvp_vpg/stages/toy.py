@@ -1,4 +1,4 @@
-"""`python -m mvp_vpg.stages.toy vqvae|var|preview`: the dvc stages that train the toy tokenizer and VAR from params.yaml and draw preview grids.
+"""`mvp-vpg train vqvae|var|scorer|clip|preview`: the dvc stages that train the toy tokenizer, VAR, shapes network and CLIP from params.yaml, and the preview grids.
 
 Docs: https://mvp-vpg.github.io/mvp_vpg/toy_stage.html.md"""
 
@@ -6,53 +6,60 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/toy_stage.html.md"""
 
 # %% ../../nbs/75_toy_stage.ipynb #f98b32ea
 from __future__ import annotations
-import argparse, sys
+import json
 from pathlib import Path
+from typing import Annotated, Optional
 import torch
+import typer
 from ..utils.params import load_params
 from ..models.checkpoints import load_pretrained
+from ..models.toy_clip import train_clip
+from ..evaluation.shapes_net import train_scorer
 from ..toy.train import train_vqvae, train_var, preview_recon, preview_samples
+from .pipeline import ParamsFile
 
 # %% auto #0
-__all__ = ['main']
+__all__ = ['P', 'Out', 'State', 'Device', 'Threads', 'train_vqvae_cmd', 'train_var_cmd', 'train_scorer_cmd', 'train_clip_cmd',
+           'preview_cmd']
 
 # %% ../../nbs/75_toy_stage.ipynb #0287def6
-def _parser():
-    p = argparse.ArgumentParser(prog='python -m mvp_vpg.stages.toy', description='train the toy base models')
-    sub = p.add_subparsers(dest='command', required=True)
-    for name in ('vqvae', 'var'):
-        s = sub.add_parser(name, help=f'train the toy {name}')
-        s.add_argument('--params', type=Path, default=Path('params.yaml'))
-        s.add_argument('--out', type=Path, required=True, help='final model folder (written atomically at the end)')
-        s.add_argument('--state', type=Path, default=None, help='train-state folder (default: .NAME.train_state next to --out)')
-        s.add_argument('--device', default='cpu')
-        s.add_argument('--threads', type=int, default=None, help='torch CPU threads')
-        if name == 'var': s.add_argument('--vae', type=Path, default=None, help='tokenizer folder (default: OUT/../vqvae)')
-    s = sub.add_parser('preview', help='reconstruction and sample grids of the trained models')
-    s.add_argument('--params', type=Path, default=Path('params.yaml'))
-    s.add_argument('--vae', type=Path, default=Path('data/toy/vqvae'))
-    s.add_argument('--var', type=Path, default=Path('data/toy/var'))
-    s.add_argument('--out', type=Path, default=Path('data/toy'))
-    s.add_argument('--cfg', type=float, default=3.0)
-    s.add_argument('--top-k', type=int, default=0)
-    s.add_argument('--top-p', type=float, default=0.0)
-    s.add_argument('--n-per-class', type=int, default=8)
-    s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--threads', type=int, default=None, help='torch CPU threads')
-    return p
+def _opt(help: str, **kw): return typer.Option(help=help, **kw)
+P = Path('params.yaml')
+Out = Annotated[Path, _opt('final model folder (written atomically at the end)')]
+State = Annotated[Optional[Path], _opt('train-state folder (default: .NAME.train_state next to --out)')]
+Device = Annotated[str, _opt('torch device')]
+Threads = Annotated[Optional[int], _opt('torch CPU threads')]
 
-def main(argv=None):
-    a = _parser().parse_args(argv)
-    try:
-        if getattr(a, 'threads', None): torch.set_num_threads(a.threads)
-        params = load_params(a.params)
-        if a.command == 'vqvae': train_vqvae(params, a.out, state_dir=a.state, device=a.device)
-        elif a.command == 'var': train_var(params, a.vae or a.out.parent / 'vqvae', a.out, state_dir=a.state, device=a.device)
-        else:
-            vae = load_pretrained(a.vae)
-            print(preview_recon(vae, params, a.out / 'vqvae_recon.png'))
-            if (a.var / 'model.safetensors').exists():
-                print(preview_samples(load_pretrained(a.var), vae, a.out / 'var_samples.png', a.n_per_class, a.cfg,
-                                      a.top_k, a.top_p, a.seed))
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"toy_train {a.command}: error: {e}")
+def _threads(n):
+    if n: torch.set_num_threads(n)
+
+def train_vqvae_cmd(out: Out, params: ParamsFile = P, state: State = None, device: Device = 'cpu', threads: Threads = None):
+    "Train the toy multi-scale VQVAE (params `data`, `vqvae`); resumes from its train state."
+    _threads(threads); train_vqvae(load_params(params), out, state_dir=state, device=device)
+
+def train_var_cmd(out: Out, params: ParamsFile = P, vae: Annotated[Optional[Path], _opt('tokenizer folder (default: OUT/../vqvae)')] = None,
+                  state: State = None, device: Device = 'cpu', threads: Threads = None):
+    "Train the toy class-conditional VAR on the frozen toy tokenizer (params `data`, `var`); resumes from its train state."
+    _threads(threads); train_var(load_params(params), vae or Path(out).parent / 'vqvae', out, state_dir=state, device=device)
+
+def train_scorer_cmd(out: Annotated[Path, _opt('shapes network folder')] = Path('data/toy/scorer'), params: ParamsFile = P,
+                     threads: Threads = None) -> dict:
+    "Train the shapes network (toy FID features + GenEval-style detector; params `data`, `scorer`)."
+    return train_scorer(load_params(params), out, threads=threads)[1]
+
+def train_clip_cmd(out: Annotated[Path, _opt('toy CLIP folder')] = Path('data/toy/clip'), params: ParamsFile = P,
+                   threads: Threads = None) -> dict:
+    "Train the tiny open_clip model on the Shapes captions (params `data`, `clip`)."
+    return train_clip(load_params(params), out, threads=threads)[2]
+
+def preview_cmd(params: ParamsFile = P, vae: Annotated[Path, _opt('VQVAE folder')] = Path('data/toy/vqvae'),
+                var: Annotated[Path, _opt('VAR folder')] = Path('data/toy/var'), out: Annotated[Path, _opt('folder of the two grids')] = Path('data/toy'),
+                cfg: Annotated[float, _opt('CFG strength')] = 3.0, top_k: Annotated[int, _opt('top-k (0 = off)')] = 0,
+                top_p: Annotated[float, _opt('top-p (0 = off)')] = 0.0, n_per_class: Annotated[int, _opt('samples per class')] = 8,
+                seed: Annotated[int, _opt('sampling seed')] = 0, threads: Threads = None):
+    "Reconstruction grid of the VQVAE and a grid of VAR samples (one row per class)."
+    _threads(threads)
+    q = load_pretrained(vae)
+    print(preview_recon(q, load_params(params), Path(out) / 'vqvae_recon.png'))
+    if (Path(var) / 'model.safetensors').exists():
+        print(preview_samples(load_pretrained(var), q, Path(out) / 'var_samples.png', n_per_class, cfg, top_k, top_p, seed))

@@ -6,10 +6,13 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/tune.html.md"""
 
 # %% ../../nbs/71_tune.ipynb #30d70be2
 from __future__ import annotations
-import argparse, json, shutil, sys
+import json, shutil, sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated, Optional
 import numpy as np
 import torch
+import typer
 from ..utils.io import write_json, read_json, file_hash, fingerprint
 from ..utils.params import MissingAsset, load_params, active_profile, is_toy, require_path
 from ..utils.distributed import dist_info, init_distributed, barrier, process_group
@@ -28,11 +31,11 @@ from ..generation.generate import generate_shard, t2i_sampler
 from ..generation.layouts import write_geneval
 from ..evaluation.benchmarks import toy_geneval_metadata, parse_geneval_results, evaluate_geneval_toy
 from ..evaluation.shapes_net import detect_objects, fidelity_metrics, class_accuracy, load_image_folder, load_scorer
-from .pipeline import sample_to_folder, aggregate, guidance_from_spec
+from .pipeline import ParamsFile, sample_to_folder, aggregate, guidance_from_spec
 
 # %% auto #0
 __all__ = ['background_of', 'target_match', 'eval_guidance', 'geneval_t2i', 'sample_t2i_to_folder', 'evaluate_tuned', 'run',
-           'main']
+           'tune_cmd']
 
 # %% ../../nbs/71_tune.ipynb #ac0c05fc
 def background_of(images) -> list:
@@ -158,7 +161,7 @@ def _model_paths(params, a, need_clip: bool = True) -> dict:
     return paths
 
 def run(params: dict, a) -> dict:
-    "Train (and/or evaluate) one method as the CLI arguments `a` ask."
+    "Train (and/or evaluate) one method as the options `a` of `tune_cmd` ask."
     params = run_params(params, a.run)
     cfg = mvp_section(params, method=a.method, task=a.task, steps=a.steps)
     method, task = cfg['method'], cfg['task']
@@ -219,30 +222,27 @@ def run(params: dict, a) -> dict:
     return res
 
 # %% ../../nbs/71_tune.ipynb #b6328412
-def _parser():
-    p = argparse.ArgumentParser(prog='python -m mvp_vpg.stages.tune', description='MVP prompt tuning and its baselines on a frozen VAR')
-    p.add_argument('--params', type=Path, default=Path('params.yaml'))
-    p.add_argument('--run', default=None, help='a named run: dotted path to its mvp overrides in params, e.g. mvp_runs.prefilled')
-    p.add_argument('--method', default=None, help=f"one of {METHODS}, or 'base' (no training; use with --eval). Default: mvp.method")
-    p.add_argument('--task', default=None, choices=TASKS, help='c2i (class-to-image) or t2i (text-to-image). Default: mvp.task')
-    p.add_argument('--out', type=Path, required=True)
-    p.add_argument('--steps', type=int, default=None)
-    p.add_argument('--eval', action='store_true', help='sample and score after training (rank 0)')
-    p.add_argument('--metrics', default=None, help='also write metrics.json (and eval.json as <stem>_eval.json) here')
-    p.add_argument('--device', default=None)
-    p.add_argument('--threads', type=int, default=None, help='torch CPU threads per process')
-    p.add_argument('--quiet', action='store_true', help='no progress bars')
-    for k in ('var', 'vae', 'clip', 'scorer', 'data'): p.add_argument(f'--{k}', default=None, help=f'{k} path (default: the profile)')
-    p.add_argument('--captions', default='data/captions/train.jsonl', help='BLIP-2 captions of a real dataset (the captions stage)')
-    return p
+def _opt(help: str, **kw): return typer.Option(help=help, **kw)
+_Path = Annotated[Optional[str], _opt('path (default: the profile\'s)')]
 
-def main(argv=None):
-    a = _parser().parse_args(argv)
-    try:
-        if not a.params.exists(): raise FileNotFoundError(f"{a.params} not found (run from the repository root or pass --params)")
-        run(load_params(a.params), a)
-    except (ValueError, FileNotFoundError, QLoRAUnavailable) as e:
-        sys.exit(f"train_mvp: error: {e}")
-
-# %% ../../nbs/71_tune.ipynb #9d22a494
-if __name__ == '__main__' and 'IPython' not in sys.modules: main()
+def tune_cmd(
+    out: Annotated[Path, _opt('run folder: tuned/, metrics.json, samples/ and eval.json')],
+    params: ParamsFile = Path('params.yaml'),
+    run_: Annotated[Optional[str], typer.Option('--run', help='a named run: dotted path to its mvp overrides in params, e.g. mvp_runs.prefilled')] = None,
+    method: Annotated[Optional[str], _opt(f"one of {', '.join(METHODS)}, or 'base' (no training; use with --eval). Default: mvp.method")] = None,
+    task: Annotated[Optional[str], _opt(f"{' or '.join(TASKS)} (class- or text-to-image). Default: mvp.task")] = None,
+    steps: Annotated[Optional[int], _opt('training steps (default: mvp.steps)')] = None,
+    eval: Annotated[bool, typer.Option('--eval', help='sample and score after training (rank 0)')] = False,
+    metrics: Annotated[Optional[Path], _opt('also write {method, task, train, eval} here (the dvc metrics file)')] = None,
+    device: Annotated[Optional[str], _opt('torch device (default: cuda when available)')] = None,
+    threads: Annotated[Optional[int], _opt('torch CPU threads per process')] = None,
+    quiet: Annotated[bool, typer.Option('--quiet', help='no progress bars')] = False,
+    var: _Path = None, vae: _Path = None, clip: _Path = None, scorer: _Path = None, data: _Path = None,
+    captions: Annotated[str, _opt('BLIP-2 captions of a real dataset (the captions stage)')] = 'data/captions/train.jsonl',
+) -> None:
+    "MVP prompt tuning (or a baseline) on a frozen VAR from params.yaml, then (--eval) sampled and scored: the train_mvp stages (torchrun: data parallel)."
+    if task is not None and task not in TASKS: raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
+    if not Path(params).exists(): raise FileNotFoundError(f"{params} not found (run from the repository root or pass --params)")
+    run(load_params(params), SimpleNamespace(run=run_, method=method, task=task, out=Path(out), steps=steps, eval=eval, metrics=metrics,
+                                             device=device, threads=threads, quiet=quiet, var=var, vae=vae, clip=clip, scorer=scorer,
+                                             data=data, captions=captions))

@@ -328,7 +328,7 @@ def train_var(params: dict, vae_folder, out, *, state_dir=None, device='cpu', st
     state_dir = Path(state_dir) if state_dir else default_state_dir(out)
     d, h = section(params, 'data'), section(params, 'var')
     if not (vae_folder / 'model.safetensors').exists():
-        raise FileNotFoundError(f"tokenizer {vae_folder} not found: train it first (python -m mvp_vpg.stages.toy vqvae ...)")
+        raise FileNotFoundError(f"tokenizer {vae_folder} not found: train it first (mvp-vpg train vqvae ...)")
     steps, bs = h['steps'], h['batch_size']
     fp = fingerprint({'data': d, 'var': {k: v for k, v in h.items() if k not in ('steps', 'ckpt_every')},
                       'vae': file_hash(vae_folder / 'model.safetensors')})
@@ -406,6 +406,3 @@ def preview_samples(var: VAR, vae: VQVAE, path, n_per_class: int = 8, cfg: float
     labels = torch.arange(var.num_classes).repeat_interleave(n_per_class)
     res = sample(var.eval(), vae.eval(), labels, guidance=CFG(cfg), top_k=top_k, top_p=top_p, seed=seed)
     return save_grid(res.images, path, nrow=n_per_class)
-
-# %% ../../nbs/11_toy_train.ipynb #579e225b
-if __name__ == '__main__' and '__file__' in globals(): main()
