@@ -40,12 +40,12 @@ def repo(tmp_path_factory):
     _run(['git', 'init', '-q'], d); _run(['git', 'add', '-A'], d)
     _run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'copy'], d)
     _run(['dvc', 'repro'], d)
-    assert (d / 'metrics/headline.json').exists() and not (d / 'metrics/base.json').exists()   # the main job is the headline only
+    assert (d / 'metrics/headline/paired.json').exists() and not (d / 'metrics/base.json').exists()   # the main job is the headline only
     _run(['dvc', 'repro', 'study/dvc.yaml'], d)
     return d
 
 def test_headline_study_pairs_the_four_variants(repo):
-    h = json.loads((repo / 'metrics/headline.json').read_text())
+    h = json.loads((repo / 'metrics/headline/paired.json').read_text())
     assert set(h['variants']) == {'base', 'vpg', 'mvp', 'mvp_vpg'} and h['n_per_variant'] == 2 * 12 * 2
     for k in ('vpg - base', 'mvp - base', 'mvp_vpg - base', 'mvp_vpg - mvp'):
         r = h['pairs'][k]

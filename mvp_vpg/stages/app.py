@@ -59,7 +59,7 @@ def headline_sample_cmd(variant: Annotated[str, typer.Option(help=f"one of {', '
     headline.stage_headline_sample(load_params(params), variant)
 
 def headline_compare_cmd(params: pipeline.ParamsFile = Path('params.yaml')):
-    "Paired FID / class-accuracy differences of the headline variants with 95% intervals (metrics/headline.json, reports/headline/)."
+    "Paired FID / class-accuracy differences of the headline variants with 95% intervals (metrics/headline/paired.json, reports/headline/)."
     torch.set_num_threads(min(2, torch.get_num_threads()))
     headline.stage_headline_compare(load_params(params))
 

@@ -134,7 +134,7 @@ def guidance_from_spec(spec: dict, vae=None):
     if not lam: return g
     variant = spec.get('vpg_variant', 'full_embedding')
     return VPG(lam, spec.get('vpg_p', 0.5), variant, spec.get('vpg_redraw', 'per_scale'), spec.get('vpg_schedule', 'all'),
-               base=g, codebook=vae.quantize.embedding.weight if (variant == 'codebook' and vae is not None) else None)
+               base=g)
 
 # %% ../../nbs/70_pipeline.ipynb #fa6d77e1
 def stage_sample(params, variant='base', out_root='outputs/samples', spec: dict | None = None):
