@@ -21,6 +21,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from ..utils.params import load_params
 from ..data import shapes
 from ..data.shapes import CLASSES, COLORS, SHAPES, PROMPT_CATEGORIES, Scene, build_split, render_scene, check_prompt
+from ..utils.images import to_float_images
 from ..models.checkpoints import save_artifact, read_artifact_config, read_state_dict
 
 # %% auto #0
@@ -28,7 +29,7 @@ __all__ = ['COLOR_NAMES', 'N_CELL_OUT', 'to_input', 'cell_targets', 'ScorerConfi
            'predict', 'cells_to_objects', 'detect_objects', 'score_detections', 'geneval_score',
            'ShapesFeatureExtractor', 'register_shapes_extractor', 'UInt8Images', 'load_image_folder',
            'fidelity_metrics', 'multi_object_scene', 'multi_object_data', 'split_data', 'scorer_loss',
-           'evaluate_scorer', 'train_scorer', 'class_accuracy', 'class_accuracy_of_folder']
+           'evaluate_scorer', 'train_scorer', 'class_hits', 'class_accuracy', 'class_accuracy_of_folder']
 
 # %% ../../nbs/12_scorer.ipynb #7248650a
 COLOR_NAMES = list(COLORS)
@@ -36,13 +37,7 @@ N_CELL_OUT = 1 + len(SHAPES) + len(COLORS)   # presence logit, shape logits, col
 
 def to_input(images, size: int = 32) -> torch.Tensor:
     "Images (uint8 or float in [0, 1]; NHWC or NCHW; numpy or torch) -> float (N, 3, size, size) in [0, 1]."
-    x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
-    if x.ndim == 3: x = x[None]
-    if x.ndim != 4 or 3 not in (x.shape[1], x.shape[-1]): raise ValueError(f"expected (N, H, W, 3) or (N, 3, H, W) images, got {tuple(x.shape)}")
-    if x.shape[1] != 3: x = x.permute(0, 3, 1, 2)
-    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-    if x.shape[-2:] != (size, size): x = F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
-    return x.contiguous()
+    return to_float_images(images, size).contiguous()
 
 def _attr(o, k): return o[k] if isinstance(o, dict) else getattr(o, k)
 
@@ -314,14 +309,18 @@ def train_scorer(params, out=None, steps: int | None = None, n_train: int | None
     return net, info
 
 # %% ../../nbs/12_scorer.ipynb #43657f83
+def class_hits(outputs: dict, labels) -> np.ndarray:
+    "Per image, whether the intended class (`labels`) is among the objects detected in `predict` outputs: (N,) bool."
+    found = [{f"{d['color']} {d['shape']}" for d in cells_to_objects(c)} for c in outputs['cells']]
+    return np.array([CLASSES[y] in f for y, f in zip(np.asarray(labels), found)], dtype=bool)
+
 def class_accuracy(images, labels, scorer, mode: str = 'detect') -> float:
     "Fraction of `images` in which the intended class (`labels`) is detected ('detect') or is the argmax ('argmax')."
     labels = np.asarray(labels)
     if mode not in ('detect', 'argmax'): raise ValueError(f"mode must be 'detect' or 'argmax', got {mode!r}")
     o = predict(images, scorer)
     if mode == 'argmax': return float((o['logits'].argmax(1) == labels).mean())
-    found = [{f"{d['color']} {d['shape']}" for d in cells_to_objects(c)} for c in o['cells']]
-    return float(np.mean([CLASSES[y] in f for y, f in zip(labels, found)]))
+    return float(class_hits(o, labels).mean())
 
 def class_accuracy_of_folder(folder, scorer, n_per_class: int, classes=None, mode: str = 'detect') -> float:
     "`class_accuracy` of a folder of numbered PNGs written `n_per_class` per class in the order of `classes`."

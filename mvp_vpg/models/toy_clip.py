@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 import open_clip
 from ..utils.params import load_params, MissingAsset, ASSETS, need_path
 from ..data.shapes import CLASSES, build_split, make_sentence
+from ..utils.images import to_float_images
 from .checkpoints import save_artifact
 
 # %% auto #0
@@ -48,15 +49,8 @@ def register_toy_clip_config(name: str = TOY_CLIP_NAME, cfg: dict | None = None)
 # %% ../../nbs/13_toy_clip.ipynb #544e57fd
 def to_clip_input(model, images) -> torch.Tensor:
     "Images -> normalised float (N, 3, S, S) for `model.encode_image`."
-    x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
-    if x.ndim == 3: x = x[None]
-    if x.ndim != 4 or 3 not in (x.shape[1], x.shape[-1]): raise ValueError(f"expected (N, H, W, 3) or (N, 3, H, W) images, got {tuple(x.shape)}")
-    if x.shape[1] != 3: x = x.permute(0, 3, 1, 2)
-    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    x = to_float_images(images, model.visual.image_size)
     pp = getattr(model.visual, 'preprocess_cfg', TOY_PREPROCESS_CFG)
-    size = model.visual.image_size
-    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    if tuple(x.shape[-2:]) != size: x = F.interpolate(x, size=size, mode='bilinear', antialias=True, align_corners=False)
     mean, std = (torch.tensor(pp[k], device=x.device).view(1, 3, 1, 1) for k in ('mean', 'std'))
     return ((x - mean) / std).contiguous()
 

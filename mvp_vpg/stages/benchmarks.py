@@ -47,7 +47,7 @@ def stage_geneval_toy(params, variant: str = 'base', out_root='outputs/geneval_t
     dev = default_device(local)
     var, vae = pipeline.load_base_models(params, dev)
     var_p, vae_p = pipeline.base_model_paths(params)
-    g = pipeline.guidance_from_spec(spec, vae)
+    g = pipeline.guidance_from_spec(spec)
     out = Path(out_root) / variant
     settings = {'variant': variant, 'sampler': spec, 'guidance': repr(g), 'geneval_toy': cfg,
                 'conditions': {'kind': 'geneval_toy', 'n_prompts': len(items), 'n_per_prompt': n},

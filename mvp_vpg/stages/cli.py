@@ -53,7 +53,7 @@ def make_guidance(cfg: float = 1.5, cfg_ramp: str = 'linear', vpg_lambda: float 
     if vpg_variant not in VARIANTS: raise ValueError(f"--vpg-variant must be one of {VARIANTS}, got {vpg_variant!r}")
     if vpg_redraw not in REDRAWS: raise ValueError(f"--vpg-redraw must be one of {REDRAWS}, got {vpg_redraw!r}")
     return guidance_from_spec({'cfg': cfg, 'cfg_ramp': cfg_ramp, 'vpg_lambda': vpg_lambda, 'vpg_p': vpg_p, 'vpg_variant': vpg_variant,
-                               'vpg_redraw': vpg_redraw, 'vpg_schedule': parse_schedule(vpg_schedule)}, vae)
+                               'vpg_redraw': vpg_redraw, 'vpg_schedule': parse_schedule(vpg_schedule)})
 
 def _opt(help: str, *names, **kw): return typer.Option(*names, help=help, **kw)
 

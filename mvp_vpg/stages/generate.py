@@ -56,7 +56,7 @@ def load_tuned_for_sampling(folder, var, device, task: str = 'c2i') -> tuple:
 def tuned_t2i_sampler(params, run, spec: dict, var, vae, device) -> tuple[Callable, dict, object]:
     "(sampler, artefact hashes, guidance) of a text-to-image `train_mvp` run under a variant's sampler settings `spec`."
     var, prompt, tuned, adapter = load_tuned_for_sampling(run, var, device, 't2i')
-    g = pipeline.guidance_from_spec(spec, vae)
+    g = pipeline.guidance_from_spec(spec)
     encode = profile_text_encoder(params, device, adapter.text_dim)
     return t2i_sampler(var, vae, adapter, encode, g, spec['top_k'], spec['top_p'], spec['mode'], prompt), tuned, g
 
@@ -98,7 +98,7 @@ def generate_cmd(
     if task == 't2i': sampler, hashes, g = tuned_t2i_sampler(p, tuned, spec, var, vae, dev)
     else:
         var, prompt, hashes, _ = load_tuned_for_sampling(tuned, var, dev)
-        g = pipeline.guidance_from_spec(spec, vae)
+        g = pipeline.guidance_from_spec(spec)
         sampler = var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode'], prompt)
     seed = seed if seed is not None else s['seeds'][0]
     bs = batch_size or s['batch_size']

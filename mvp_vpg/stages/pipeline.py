@@ -127,7 +127,7 @@ def variant_spec(params, variant: str) -> dict:
     return spec
 
 # %% ../../nbs/70_pipeline.ipynb #eb65f65f
-def guidance_from_spec(spec: dict, vae=None):
+def guidance_from_spec(spec: dict):
     "CFG(spec.cfg, spec.cfg_ramp), wrapped in VPG when spec has a non-zero `vpg_lambda`."
     g = CFG(spec['cfg'], spec.get('cfg_ramp', 'linear'))
     lam = spec.get('vpg_lambda', 0)
@@ -144,7 +144,7 @@ def stage_sample(params, variant='base', out_root='outputs/samples', spec: dict 
     dev = 'cuda' if torch.cuda.is_available() else 'cpu'
     var, vae = load_base_models(params, dev)
     var_p, vae_p = base_model_paths(params)
-    g = guidance_from_spec(spec, vae)
+    g = guidance_from_spec(spec)
     for seed in s['seeds']:
         sample_to_folder(var, vae, Path(out_root) / variant / f'seed{seed}', s['n_per_class'], seed, s['batch_size'],
                          g, spec['top_k'], spec['top_p'], spec['mode'], desc=f'{variant} seed {seed}')

@@ -73,7 +73,7 @@ def _tuned_key(tuned: Path | None, method: str, ev: dict) -> str:
 
 def eval_guidance(ev: dict, vae):
     "The sampler's guidance for an `eval` section: CFG at `cfg`, wrapped in VPG when `eval.vpg` is set."
-    return guidance_from_spec({'cfg': ev['cfg'], **(ev['vpg'] or {})}, vae)
+    return guidance_from_spec({'cfg': ev['cfg'], **(ev['vpg'] or {})})
 
 # %% ../../nbs/71_tune.ipynb #9b50f537
 def geneval_t2i(tuner: Tuner, vae, clip, tokenizer, ev: dict, out, seed: int, scorer_folder, guidance) -> dict:

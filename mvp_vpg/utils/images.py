@@ -9,18 +9,33 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
 from .io import atomic_write
 
 # %% auto #0
-__all__ = ['to_uint8', 'save_png', 'read_rgb', 'save_grid', 'images_to_tensor', 'to_pm1']
+__all__ = ['to_uint8', 'to_float_images', 'save_png', 'read_rgb', 'save_grid', 'images_to_tensor', 'to_pm1']
 
 # %% ../../nbs/04_images.ipynb #c6472546
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     "Images (B, 3, H, W) in [0, 1] -> uint8 array (B, H, W, 3)."
     if images.ndim != 4 or images.shape[1] != 3: raise ValueError(f"expected (B, 3, H, W) images, got {tuple(images.shape)}")
     return images.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+# %% ../../nbs/04_images.ipynb #51f4351a
+def to_float_images(images, size=None) -> torch.Tensor:
+    """Images (uint8 or float in [0, 1]; NHWC or NCHW; numpy or torch; one or a batch) -> float (N, 3, H, W) in [0, 1],
+    resized (bilinear, antialiased) to `size` (int or (h, w)) when given and different."""
+    x = images if torch.is_tensor(images) else torch.from_numpy(np.ascontiguousarray(images))
+    if x.ndim == 3: x = x[None]
+    if x.ndim != 4 or 3 not in (x.shape[1], x.shape[-1]): raise ValueError(f"expected (N, H, W, 3) or (N, 3, H, W) images, got {tuple(x.shape)}")
+    if x.shape[1] != 3: x = x.permute(0, 3, 1, 2)
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    if size is not None:
+        size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        if tuple(x.shape[-2:]) != size: x = F.interpolate(x, size=size, mode='bilinear', antialias=True, align_corners=False)
+    return x
 
 # %% ../../nbs/04_images.ipynb #ef1d2f7e
 def save_png(arr: np.ndarray, path) -> Path:
