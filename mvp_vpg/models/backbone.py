@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 # %% auto #0
-__all__ = ['ScaleInput', 'NextScaleBackbone']
+__all__ = ['ScaleInput', 'cat_rows', 'NextScaleBackbone']
 
 # %% ../../nbs/02a_backbone_protocol.ipynb #77d9257a
 @dataclass
@@ -41,23 +41,35 @@ class ScaleInput:
         pos = None if all(p.pos is None for p in parts) else torch.cat([p.positions() for p in parts])
         return ScaleInput(torch.cat([p.visual for p in parts]), pos)
 
+# %% ../../nbs/02a_backbone_protocol.ipynb #a5cbb13a
+def cat_rows(parts: list):
+    "Stack the rows of several conditions: tensors (R, …) with `torch.cat`, other row containers with `type(x).cat`."
+    if len(parts) == 1: return parts[0]
+    if isinstance(parts[0], torch.Tensor): return torch.cat(parts)
+    if not hasattr(type(parts[0]), 'cat'):
+        raise TypeError(f"a condition of type {type(parts[0]).__name__} cannot be stacked: give it a `cat(parts)` static method")
+    return type(parts[0]).cat(parts)
+
 # %% ../../nbs/02a_backbone_protocol.ipynb #2ce2b7ce
 @runtime_checkable
 class NextScaleBackbone(Protocol):
     "What the sampler, the guidance rules and the prompts use of a next-scale generator (see the table above)."
     C: int                      # model width (prompt vectors and visual parts have this size)
-    patch_nums: tuple           # side of each scale's token map (square maps); len = number of scales K
+    patch_nums: tuple | None    # side of each scale's token map for square pyramids (MVP prompts need it), else None
     device: torch.device
 
     def scale_lengths(self) -> list:
-        "Tokens per scale, K ints."
+        "Tokens per scale, K ints (K = number of scales)."
+    def scale_shapes(self) -> list:
+        "(h, w) of each scale's token map, K pairs."
     def start_input(self, cond) -> ScaleInput:
-        "The first scale's input for condition rows `cond` (R, …)."
+        "The first scale's input for condition rows `cond` (a tensor (R, …) or a row container, see `cat_rows`)."
     def new_cache(self, extra_len: int = 0):
         "An empty KV cache for the whole pyramid plus `extra_len` leading positions (prefix prompts)."
     def step(self, si: int, inp: ScaleInput, cond, cache, offset=None, prefix=None) -> torch.Tensor:
         """One KV-cached scale for R rows: compose `inp` (+ `offset` (l, C), after the position part; `prefix` (R, P, C)
-        tokens in front, scale 0 only) and return float logits (R, l, …, V) for the scale's tokens (not the prefix)."""
+        tokens in front, scale 0 only) and return float logits (R, l, …, V) for the scale's tokens (not the prefix).
+        Backbones with a `finish` hook also take `features=True` at the last scale and then return (logits, features)."""
     def init_state(self, B: int):
         "The empty accumulator of a batch of B images."
     def next_input(self, si: int, tokens, logits, state, rng=None) -> tuple:

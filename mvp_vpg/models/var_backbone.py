@@ -33,6 +33,7 @@ class VARBackbone:
         self._lvl_pos = None
 
     def scale_lengths(self): return [pn * pn for pn in self.patch_nums]
+    def scale_shapes(self): return [(pn, pn) for pn in self.patch_nums]
 
     def lvl_pos(self):
         "Additive position rows (1, L, C), computed once per sampling call (the weights are frozen while sampling)."

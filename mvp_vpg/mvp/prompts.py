@@ -129,7 +129,7 @@ class PrefilledPrompt(TunablePrompt):
         "(B, P, C): the tokens, expanded over the batch of `cond_BD` (B, C)."
         if cond_BD.shape[-1] != self.C:
             raise PromptMismatchError(f"PrefilledPrompt has width C={self.C} but the model's condition has C={cond_BD.shape[-1]}")
-        return self.tokens.expand(cond_BD.shape[0], -1, -1)
+        return self.tokens.expand(len(cond_BD), -1, -1)
 
 # %% ../../nbs/41_prompts.ipynb #c67a5e45
 PROMPT_KINDS = {'multiscale': MultiScalePrompt, 'prefilled': PrefilledPrompt}

@@ -9,23 +9,33 @@ from __future__ import annotations
 import contextlib, hashlib
 from dataclasses import dataclass
 import torch
-from ..models.backbone import ScaleInput
+from ..models.backbone import ScaleInput, cat_rows
 from ..models.var import VAR, Prompt
 from ..models.vqvae import VQVAE
 from ..models.var_backbone import VARBackbone
 from .guidance import Guidance, CFG, ALL
 
 # %% auto #0
-__all__ = ['check_filters', 'filter_logits_', 'draw_tokens', 'derive_seed', 'seeded_generator', 'precision', 'sample_scales',
-           'resolve_labels', 'SampleOutput', 'sample']
+__all__ = ['check_filters', 'per_scale_top_k', 'filter_logits_', 'draw_tokens', 'derive_seed', 'seeded_generator', 'precision',
+           'sample_scales', 'resolve_labels', 'SampleOutput', 'sample']
 
 # %% ../../nbs/02_sampling.ipynb #e0e57142
+def _check_k(k):
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off) or a list of them, one per scale, got {k!r}")
+
 def check_filters(top_k, top_p):
-    "top-k: an int ≥ 0 (0 = off); top-p: a number in [0, 1] (0 = off)."
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    "top-k: an int ≥ 0 (0 = off) or a sequence of them (one per scale); top-p: a number in [0, 1] (0 = off)."
+    for k in (top_k if isinstance(top_k, (list, tuple)) else [top_k]): _check_k(k)
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 <= top_p <= 1:
         raise ValueError(f"top_p must be a number in [0, 1] (0 = off), got {top_p!r}")
+
+def per_scale_top_k(top_k, K: int) -> list:
+    "top-k of each of K scales: an int broadcast, or a sequence of exactly K ints."
+    check_filters(top_k, 0.0)
+    if not isinstance(top_k, (list, tuple)): return [top_k] * K
+    if len(top_k) != K: raise ValueError(f"top_k has {len(top_k)} entries but the model has {K} scales: give one per scale or a single int")
+    return list(top_k)
 
 def filter_logits_(logits, top_k: int = 0, top_p: float = 0.0):
     "Mask logits (..., V) to -inf outside the top-k / nucleus of the last axis; modifies and returns `logits`."
@@ -76,7 +86,7 @@ def precision(mode: str, device):
 # %% ../../nbs/02_sampling.ipynb #97c6681b
 def _rows(branches, cond, null):
     "Condition rows of a list of branches, in order: (n·B, …)."
-    return torch.cat([null if b.null else cond for b in branches]) if len(branches) > 1 else (null if branches[0].null else cond)
+    return cat_rows([null if b.null else cond for b in branches])
 
 def _check_branches(branches):
     if not branches or branches[0].null or branches[0].corrupted or not branches[0].cached or branches[0].window != ALL:
@@ -85,16 +95,18 @@ def _check_branches(branches):
     if len(set(names)) != len(names): raise ValueError(f"branch names must be unique, got {names}")
 
 @torch.no_grad()
-def sample_scales(bb, cond, null=None, *, guidance: Guidance | None = None, prompt: Prompt | None = None, top_k: int = 0,
+def sample_scales(bb, cond, null=None, *, guidance: Guidance | None = None, prompt: Prompt | None = None, top_k=0,
                   top_p: float = 0.0, rng=None, corruption_rng=None, check_finite: bool = True) -> tuple:
     """Draw B images from backbone `bb` (a `NextScaleBackbone`) for condition rows `cond` (B, …) and null rows `null`
-    (B, …, needed by branches with `null=True`). Returns (tokens: K tensors (B, l, …), images (B, 3, H, W) in [0, 1])."""
+    (B, …, needed by branches with `null=True`); either may be a row container (`cat_rows`). `top_k`: an int or one per
+    scale. Returns (tokens: K tensors (B, l, …), images (B, 3, H, W) in [0, 1])."""
     g = CFG(1.5) if guidance is None else guidance
     check_filters(top_k, top_p)
     if prompt is not None: prompt.check_compatible(bb)
     branches = tuple(g.branches()); _check_branches(branches)
     if null is None and any(b.null for b in branches): raise ValueError(f"{g!r} has a null-condition branch: give `null` rows")
-    K, B = len(bb.patch_nums), cond.shape[0]
+    K, B = len(bb.scale_lengths()), len(cond)
+    ks, finish = per_scale_top_k(top_k, K), getattr(bb, 'finish', None)
     last = {b.name: K - 1 if i == 0 else b.window.last(K) for i, b in enumerate(branches)}
     live = [b for b in branches if b.cached and last[b.name] >= 0]          # rows in the shared cache, in this order
     P = 0 if prompt is None else prompt.n_prefix()
@@ -107,14 +119,17 @@ def sample_scales(bb, cond, null=None, *, guidance: Guidance | None = None, prom
             corr = g.corrupt([(si, clean[si])], bb, corruption_rng)[0] if any(b.corrupted for b in live) else None
             inp = ScaleInput.cat([corr if b.corrupted else clean[si] for b in live])
         pre = prompt.prefix_tokens(c) if si == 0 and P else None
-        out = bb.step(si, inp, c, cache, offsets[si], pre)
+        if finish is not None and si == K - 1:
+            out, feats = bb.step(si, inp, c, cache, offsets[si], pre, features=True)
+            feats = dict(zip((b.name for b in live), feats.chunk(len(live))))
+        else: out = bb.step(si, inp, c, cache, offsets[si], pre)
         logits = dict(zip((b.name for b in live), out.chunk(len(live))))
         fresh = [b for b in branches if not b.cached and b.window.contains(si, K)]
         if fresh: logits.update(_recompute(bb, g, fresh, si, clean, cond, null, offsets, prompt, corruption_rng))
         guided = g.combine(logits, si, K)
         if check_finite and not torch.isfinite(guided).any(-1).all():
             raise FloatingPointError(f"no finite logits at scale {si}: NaN/inf in the model output (check the checkpoint and dtype)")
-        filter_logits_(guided, top_k, top_p)
+        filter_logits_(guided, ks[si], top_p)
         idx = draw_tokens(guided, rng)
         tokens.append(idx)
         state, nxt = bb.next_input(si, idx, guided, state, rng)
@@ -124,6 +139,7 @@ def sample_scales(bb, cond, null=None, *, guidance: Guidance | None = None, prom
             cache.keep_rows(torch.cat([torch.arange(i * B, (i + 1) * B) for i in keep]))
             live = [live[i] for i in keep]
             c = _rows(live, cond, null)
+    if finish is not None: state = finish(state, tokens[-1], feats, lambda d: g.combine(d, K - 1, K), rng)
     return tokens, bb.decode(state)
 
 def _recompute(bb, g, fresh, si, clean, cond, null, offsets, prompt, corruption_rng) -> dict:
