@@ -72,7 +72,10 @@ def parse_geneval_results(path) -> dict:
     if not rows: raise ValueError(f"{path} holds no result rows")
     missing = {'tag', 'correct', 'metadata'} - set(rows[0])
     if missing: raise ValueError(f"{path} rows lack {sorted(missing)}: not a GenEval evaluate_images.py output")
-    return _task_dict([r['tag'] for r in rows], [bool(r['correct']) for r in rows], [r['metadata'] for r in rows])
+    for i, r in enumerate(rows, 1):   # a string "false" is truthy: booleans must be JSON booleans
+        if not isinstance(r.get('correct'), bool):
+            raise ValueError(f"{path}:{i}: `correct` must be true or false (a JSON boolean), got {r.get('correct')!r}")
+    return _task_dict([r['tag'] for r in rows], [r['correct'] for r in rows], [r['metadata'] for r in rows])
 
 def parse_geneval_summary(text: str) -> dict:
     "Flat dict from the text `summary_scores.py` prints."

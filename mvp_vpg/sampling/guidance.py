@@ -40,7 +40,9 @@ class Window:
     def indices(self, K: int) -> list:
         "The sorted scale indices of a K-scale model in the window."
         if self.scales is not None: return sorted({_scale_index(s, K, 'window scale') for s in self.scales})
-        return list(range(self.start, K if self.stop is None else min(self.stop, K)))
+        if self.stop is not None and self.stop > K:   # e.g. "the first 99 scales" of a 7-scale model: a mistake, not "all"
+            raise ValueError(f"window stop {self.stop} is beyond the model's {K} scales: use stop <= {K} (or None for all)")
+        return list(range(self.start, K if self.stop is None else self.stop))
 
     def contains(self, si: int, K: int) -> bool: return si in self.indices(K)
     def last(self, K: int) -> int: return max(self.indices(K), default=-1)
@@ -81,11 +83,19 @@ def check_finite_number(v, what: str, low: float | None = None):
     return float(v)
 
 class CFG(Guidance):
-    "Classifier-free guidance with a linear (official VAR) or constant ramp, on the scales of `window`."
+    """Classifier-free guidance with a linear (official VAR) or constant ramp, on the scales of `window`. `cfg` may
+    also be a list of K per-scale strengths t (ramp 'per_scale'; Infinity's cfg_list c gives t = c - 1)."""
     def __init__(self, cfg: float = 1.5, ramp: str = 'linear', window: Window = ALL):
-        if ramp not in ('linear', 'constant'): raise ValueError(f"ramp must be 'linear' or 'constant', got {ramp!r}")
-        self.cfg, self.ramp, self.window = check_finite_number(cfg, 'cfg', 0.0), ramp, window
-    def t(self, si, K): return self.cfg * si / (K - 1) if self.ramp == 'linear' else self.cfg
+        if isinstance(cfg, (list, tuple)):
+            cfg, ramp = tuple(check_finite_number(c, 'cfg', 0.0) for c in cfg), 'per_scale'
+        elif ramp not in ('linear', 'constant'): raise ValueError(f"ramp must be 'linear' or 'constant', got {ramp!r}")
+        else: cfg = check_finite_number(cfg, 'cfg', 0.0)
+        self.cfg, self.ramp, self.window = cfg, ramp, window
+    def t(self, si, K):
+        if self.ramp == 'per_scale':
+            if len(self.cfg) != K: raise ValueError(f"per-scale cfg has {len(self.cfg)} values for a {K}-scale model")
+            return self.cfg[si]
+        return self.cfg * si / (K - 1) if self.ramp == 'linear' else self.cfg
     def branches(self): return (Branch('cond'), Branch('uncond', null=True, window=self.window))
     def combine(self, logits, si, K):
         if not self.active(si, K) or 'uncond' not in logits: return logits['cond']

@@ -12,6 +12,7 @@ from typing import Annotated, Callable
 import torch
 import typer
 from ..utils.params import MissingAsset, load_params
+from .config import load_config
 from . import cli, pipeline, generate, tune, evaluators, benchmarks, toy, headline
 
 # %% auto #0
@@ -56,12 +57,12 @@ def headline_sample_cmd(variant: Annotated[str, typer.Option(help=f"one of {', '
     "Numbered PNGs of one headline variant per seed (common random numbers across base / +VPG / +MVP / +MVP+VPG)."
     if variant not in headline.VARIANTS: raise ValueError(f"--variant must be one of {headline.VARIANTS}, got {variant!r}")
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    headline.stage_headline_sample(load_params(params), variant)
+    headline.stage_headline_sample(load_config(params), variant)
 
 def headline_compare_cmd(params: pipeline.ParamsFile = Path('params.yaml')):
     "Paired FID / class-accuracy differences of the headline variants with 95% intervals (metrics/headline/paired.json, reports/headline/)."
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    headline.stage_headline_compare(load_params(params))
+    headline.stage_headline_compare(load_config(params))
 
 COMMANDS = [   # (group, name, typed function, errors reported as one line)
     (app, 'sample', cli.run_sample, ERRORS),

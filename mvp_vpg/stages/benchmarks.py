@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 from ..utils.io import write_json, file_hash
 from ..utils.params import load_params, active_profile, profile_asset
+from .config import load_config
 from ..utils.distributed import dist_env, default_device
 from ..utils.images import read_rgb
 from ..data import shapes
@@ -102,7 +103,7 @@ def geneval_toy_cmd(variant: Annotated[str, _opt('a name under `variants:` in pa
                     metrics: Annotated[Path, _opt('folder of geneval_toy_<variant>.json')] = Path('metrics'),
                     progress: Annotated[bool, _opt('progress bars')] = True, params: pipeline.ParamsFile = P) -> dict | None:
     "Toy GenEval of a variant: GenEval layout (sharded generation), the shapes network as detector, GenEval's scoring rule."
-    return stage_geneval_toy(load_params(params), variant, out, metrics, progress=progress)
+    return stage_geneval_toy(load_config(params), variant, out, metrics, progress=progress)
 
 def dpg_toy_cmd(name: Annotated[str, _opt('name of the result (dpg_toy_<name>.json)')], run: Annotated[Path, _opt('a text-to-image train_mvp run folder')],
                 variant: Annotated[str, _opt('a name under `variants:` in params.yaml')] = 'base',
@@ -110,11 +111,11 @@ def dpg_toy_cmd(name: Annotated[str, _opt('name of the result (dpg_toy_<name>.js
                 metrics: Annotated[Path, _opt('folder of dpg_toy_<name>.json')] = Path('metrics/dpg_toy'),
                 progress: Annotated[bool, _opt('progress bars')] = True, params: pipeline.ParamsFile = P) -> dict | None:
     "Toy DPG-Bench of a text-to-image run: 2x2 grids through `generate`, the shapes network as the VQA model, DPG-Bench's scoring."
-    return stage_dpg_toy(load_params(params), name, run, variant, out, metrics, progress=progress)
+    return stage_dpg_toy(load_config(params), name, run, variant, out, metrics, progress=progress)
 
 def geneval_cmd(images: Annotated[Path, _opt('generations in the GenEval layout')], out: MetricsOut, params: pipeline.ParamsFile = P) -> dict:
     "GenEval on generations in its layout, with the profile's GenEval checkout and detector weights."
-    p = load_params(params)
+    p = load_config(params)
     r = run_geneval(profile_asset(p, 'geneval', BENCH_ASSETS['geneval']), images, Path(out).with_suffix('.det.jsonl'),
                     profile_asset(p, 'geneval_models', BENCH_ASSETS['geneval_models']), _bench_python(p))
     write_json({**r, 'tool': 'geneval', 'images': str(images)}, out); return r
@@ -122,7 +123,7 @@ def geneval_cmd(images: Annotated[Path, _opt('generations in the GenEval layout'
 def dpg_cmd(images: Annotated[Path, _opt('2x2 grids named by prompt file')], resolution: Annotated[int, _opt('side of one tile in pixels')],
             out: MetricsOut, processes: Annotated[int, _opt('evaluator processes')] = 1, params: pipeline.ParamsFile = P) -> dict:
     "DPG-Bench on 2x2 grids named by prompt file, with the profile's ELLA checkout."
-    p = load_params(params)
+    p = load_config(params)
     r = run_dpg(profile_asset(p, 'dpg_bench', BENCH_ASSETS['dpg_bench']), images, resolution, processes)
     write_json({**r, 'tool': 'dpg', 'images': str(images)}, out); return r
 
@@ -130,7 +131,7 @@ def vbench_cmd(videos: Annotated[Path, _opt("videos named '<prompt>-<i>.mp4'")],
                dimensions: Annotated[str, _opt('comma-separated VBench dimensions')] = ','.join(VBENCH_DIMENSIONS),
                mode: Annotated[str, _opt("VBench's evaluation mode")] = 'vbench_standard', params: pipeline.ParamsFile = P) -> dict:
     "VBench on generated videos, with the profile's VBench checkout."
-    p = load_params(params)
+    p = load_config(params)
     dims = [d.strip() for d in dimensions.split(',') if d.strip()]
     r = run_vbench(profile_asset(p, 'vbench', BENCH_ASSETS['vbench']), videos, dims, Path(out).parent / 'vbench_results', _bench_python(p), mode)
     write_json({**r, 'tool': 'vbench', 'images': str(videos)}, out); return r

@@ -12,6 +12,7 @@ import numpy as np
 import typer
 from ..utils.io import write_json
 from ..utils.params import load_params, active_profile, profile_asset
+from .config import load_config
 from ..utils.images import read_rgb
 from ..data.folders import read_texts
 from ..data.shapes import build_split
@@ -93,22 +94,22 @@ def pack_cmd(samples: Annotated[Path, typer.Argument(help='folder of numbered PN
 def npz_toy_cmd(samples: Samples, npz: Annotated[Path, _opt('the .npz to write')], out: MetricsOut,
                 ref: Annotated[Path, _opt('reference PNG folder')] = Path('data/shapes/test_png'), params: ParamsFile = P) -> dict:
     "Toy profile: the ADM .npz export of a sample folder, read back and scored with the shapes network."
-    return stage_npz_toy(load_params(params), samples, out, npz, ref)
+    return stage_npz_toy(load_config(params), samples, out, npz, ref)
 
 def adm_cmd(samples: Samples, out: MetricsOut, expected: Annotated[Optional[int], _opt('expected number of images')] = None,
             params: ParamsFile = P) -> dict:
     "Pack the PNGs into the ADM .npz and run the profile's guided-diffusion evaluator (FID, sFID, IS, precision, recall)."
-    return stage_adm(load_params(params), samples, out, expected)
+    return stage_adm(load_config(params), samples, out, expected)
 
 def fid_cmd(samples: Samples, out: MetricsOut, ref: Annotated[Optional[str], _opt("reference folder or .npz (default: the profile's adm_ref)")] = None,
             params: ParamsFile = P) -> dict:
     "torch-fidelity FID / IS / KID / precision / recall with the profile's local Inception weights."
-    return stage_fid(load_params(params), samples, out, ref)
+    return stage_fid(load_config(params), samples, out, ref)
 
 def clipscore_cmd(samples: Samples, texts: Annotated[Path, _opt('texts, one per line (.txt) or a .jsonl')], out: MetricsOut,
                   n_per_text: Annotated[int, _opt('images per text, in order')] = 1, params: ParamsFile = P) -> dict:
     "CLIP score of numbered PNGs against their texts with the profile's CLIP (the toy CLIP on the toy profile)."
-    return stage_clipscore(load_params(params), samples, texts, out, n_per_text)
+    return stage_clipscore(load_config(params), samples, texts, out, n_per_text)
 
 def shapes_fid_cmd(gen: Annotated[Path, typer.Argument(help='generated image folder')], ref: Annotated[Path, typer.Argument(help='reference image folder')],
                    scorer_dir: Annotated[Path, typer.Option('--scorer', help='shapes network folder')] = Path('data/toy/scorer')) -> dict:
@@ -117,6 +118,6 @@ def shapes_fid_cmd(gen: Annotated[Path, typer.Argument(help='generated image fol
 
 def toy_clip_cmd(clip: Annotated[Path, _opt('toy CLIP folder')] = Path('data/toy/clip'), params: ParamsFile = P) -> dict:
     "Zero-shot accuracy and CLIP scores of the toy CLIP on the Shapes test split."
-    dp = load_params(params)['data']
+    dp = load_config(params)['data']
     model, _, tok = load_toy_clip(clip)
     return evaluate_toy_clip(model, tok, *build_split('test', dp['n_test'], dp['seed'], dp['size'], p_two=dp['p_two']))

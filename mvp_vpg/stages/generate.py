@@ -13,6 +13,7 @@ import torch
 import typer
 from ..utils.io import file_hash
 from ..utils.params import MissingAsset, load_params, active_profile, profile_asset
+from .config import load_config
 from ..utils.distributed import dist_env, default_device
 from ..models.toy_clip import load_clip, encode_texts
 from ..mvp.tuner import load_tuned
@@ -83,7 +84,7 @@ def generate_cmd(
     """Sharded, resumable class- or text-conditional generation of a params.yaml variant (run under torchrun for several
     processes): numbered PNGs or a benchmark layout, byte-identical whatever the number of processes."""
     task = 't2i' if prompts is not None else 'c2i'
-    p = load_params(params)
+    p = load_config(params)
     s = p['sample']
     spec = pipeline.variant_spec(p, variant)
     rank, world, local = dist_env()

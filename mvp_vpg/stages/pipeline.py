@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from ..utils.io import atomic_write, write_json, write_jsonl, write_text, file_hash
 from ..utils.params import MissingAsset, load_params, active_profile, require_path, is_toy
+from .config import load_config, check_spec
 from ..utils.images import to_uint8, save_png
 from ..data import shapes
 from ..data.folders import photo_sentence
@@ -128,7 +129,8 @@ def variant_spec(params, variant: str) -> dict:
 
 # %% ../../nbs/70_pipeline.ipynb #eb65f65f
 def guidance_from_spec(spec: dict):
-    "CFG(spec.cfg, spec.cfg_ramp), wrapped in VPG when spec has a non-zero `vpg_lambda`."
+    "CFG(spec.cfg, spec.cfg_ramp), wrapped in VPG when spec has a non-zero `vpg_lambda` (spec checked first)."
+    check_spec(spec)
     g = CFG(spec['cfg'], spec.get('cfg_ramp', 'linear'))
     lam = spec.get('vpg_lambda', 0)
     if not lam: return g
@@ -199,21 +201,21 @@ Variant = Annotated[str, typer.Option(help='a name under `variants:` in params.y
 
 def data_cmd(params: ParamsFile = Path('params.yaml')):
     "Render the Shapes splits (toy profile) or check the dataset path (real profiles)."
-    stage_data(load_params(params))
+    stage_data(load_config(params))
 
 def captions_cmd(params: ParamsFile = Path('params.yaml')):
     "One JSONL line per image: ground truth on the toy profile, BLIP-2 captions on real data."
-    stage_captions(load_params(params))
+    stage_captions(load_config(params))
 
 def sample_variant_cmd(variant: Variant = 'base', params: ParamsFile = Path('params.yaml')):
     "Class-conditional samples of one variant, one folder per seed of `sample.seeds` (outputs/samples/<variant>/seed<s>/)."
-    stage_sample(load_params(params), variant)
+    stage_sample(load_config(params), variant)
 
 def sample_sweep_cmd(lam: Annotated[float, typer.Option(help='VPG lambda')], p: Annotated[float, typer.Option(help='VPG corruption fraction')],
                      params: ParamsFile = Path('params.yaml')):
     "One point of the VPG lambda x p sweep (`vpg_sweep.spec` with these two values) into outputs/samples/vpg_sweep_lam<lam>_p<p>/."
-    stage_sample_sweep(load_params(params), lam, p)
+    stage_sample_sweep(load_config(params), lam, p)
 
 def evaluate_variant_cmd(variant: Variant = 'base', params: ParamsFile = Path('params.yaml')):
     "FID / IS / KID / precision / recall / class accuracy of a sampled variant per seed, mean and std into metrics/<variant>.json."
-    return stage_evaluate(load_params(params), variant)
+    return stage_evaluate(load_config(params), variant)

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import torch
 import typer
 from ..utils.params import load_params
+from .config import load_config
 from ..models.checkpoints import load_pretrained
 from ..models.toy_clip import train_clip
 from ..evaluation.shapes_net import train_scorer
@@ -35,22 +36,22 @@ def _threads(n):
 
 def train_vqvae_cmd(out: Out, params: ParamsFile = P, state: State = None, device: Device = 'cpu', threads: Threads = None):
     "Train the toy multi-scale VQVAE (params `data`, `vqvae`); resumes from its train state."
-    _threads(threads); train_vqvae(load_params(params), out, state_dir=state, device=device)
+    _threads(threads); train_vqvae(load_config(params), out, state_dir=state, device=device)
 
 def train_var_cmd(out: Out, params: ParamsFile = P, vae: Annotated[Optional[Path], _opt('tokenizer folder (default: OUT/../vqvae)')] = None,
                   state: State = None, device: Device = 'cpu', threads: Threads = None):
     "Train the toy class-conditional VAR on the frozen toy tokenizer (params `data`, `var`); resumes from its train state."
-    _threads(threads); train_var(load_params(params), vae or Path(out).parent / 'vqvae', out, state_dir=state, device=device)
+    _threads(threads); train_var(load_config(params), vae or Path(out).parent / 'vqvae', out, state_dir=state, device=device)
 
 def train_scorer_cmd(out: Annotated[Path, _opt('shapes network folder')] = Path('data/toy/scorer'), params: ParamsFile = P,
                      threads: Threads = None) -> dict:
     "Train the shapes network (toy FID features + GenEval-style detector; params `data`, `scorer`)."
-    return train_scorer(load_params(params), out, threads=threads)[1]
+    return train_scorer(load_config(params), out, threads=threads)[1]
 
 def train_clip_cmd(out: Annotated[Path, _opt('toy CLIP folder')] = Path('data/toy/clip'), params: ParamsFile = P,
                    threads: Threads = None) -> dict:
     "Train the tiny open_clip model on the Shapes captions (params `data`, `clip`)."
-    return train_clip(load_params(params), out, threads=threads)[2]
+    return train_clip(load_config(params), out, threads=threads)[2]
 
 def preview_cmd(params: ParamsFile = P, vae: Annotated[Path, _opt('VQVAE folder')] = Path('data/toy/vqvae'),
                 var: Annotated[Path, _opt('VAR folder')] = Path('data/toy/var'), out: Annotated[Path, _opt('folder of the two grids')] = Path('data/toy'),
@@ -60,6 +61,6 @@ def preview_cmd(params: ParamsFile = P, vae: Annotated[Path, _opt('VQVAE folder'
     "Reconstruction grid of the VQVAE and a grid of VAR samples (one row per class)."
     _threads(threads)
     q = load_pretrained(vae)
-    print(preview_recon(q, load_params(params), Path(out) / 'vqvae_recon.png'))
+    print(preview_recon(q, load_config(params), Path(out) / 'vqvae_recon.png'))
     if (Path(var) / 'model.safetensors').exists():
         print(preview_samples(load_pretrained(var), q, Path(out) / 'var_samples.png', n_per_class, cfg, top_k, top_p, seed))

@@ -15,6 +15,7 @@ import torch
 import typer
 from ..utils.io import write_json, read_json, file_hash, fingerprint
 from ..utils.params import MissingAsset, load_params, active_profile, is_toy, require_path
+from .config import load_config
 from ..utils.distributed import dist_info, init_distributed, barrier, process_group
 from ..utils.images import read_rgb
 from ..data import shapes
@@ -243,6 +244,6 @@ def tune_cmd(
     "MVP prompt tuning (or a baseline) on a frozen VAR from params.yaml, then (--eval) sampled and scored: the train_mvp stages (torchrun: data parallel)."
     if task is not None and task not in TASKS: raise ValueError(f"--task must be one of {TASKS}, got {task!r}")
     if not Path(params).exists(): raise FileNotFoundError(f"{params} not found (run from the repository root or pass --params)")
-    run(load_params(params), SimpleNamespace(run=run_, method=method, task=task, out=Path(out), steps=steps, eval=eval, metrics=metrics,
+    run(load_config(params), SimpleNamespace(run=run_, method=method, task=task, out=Path(out), steps=steps, eval=eval, metrics=metrics,
                                              device=device, threads=threads, quiet=quiet, var=var, vae=vae, clip=clip, scorer=scorer,
                                              data=data, captions=captions))

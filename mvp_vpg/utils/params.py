@@ -38,7 +38,13 @@ def load_params(path='params.yaml') -> dict:
     "params.yaml as a dict (the only reader of the file; called by the stages)."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"{path} not found: run from the repository root or pass --params")
-    return yaml.safe_load(path.read_text())
+    try: out = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ValueError(f"{where}: not valid YAML ({getattr(e, 'problem', None) or e}); fix the line or restore it with `git checkout {path}`") from None
+    if not isinstance(out, dict): raise ValueError(f"{path}: expected a mapping of sections, got {type(out).__name__}")
+    return out
 
 # %% ../../nbs/08_params.ipynb #a447090a
 def active_profile(params: dict) -> tuple[str, dict]:

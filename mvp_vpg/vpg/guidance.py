@@ -6,6 +6,7 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/vpg.html.md"""
 
 # %% ../../nbs/30_vpg.ipynb #5c3665e6
 from __future__ import annotations
+import warnings
 import torch
 from ..models.backbone import ScaleInput
 from ..sampling.guidance import Guidance, CFG, Branch, Window, check_finite_number
@@ -77,6 +78,8 @@ class VPG(Guidance):
         self.variant, self.redraw, self.schedule = variant, redraw, schedule
         self.base = CFG(1.5) if base is None else base
         self.window = schedule_window(schedule, self.lam)
+        if self.lam and self.window.stop is not None and self.window.stop <= self.window.start:
+            warnings.warn(f"VPG schedule {schedule!r} guides no scale (scale 0 is never guided): VPG is off")
 
     def scales(self, K: int) -> set:
         "Guided scale indices for a K-scale model."
