@@ -197,16 +197,22 @@ class MultiScaleQuantizer(nn.Module):
         return d.argmin(1)
 
     @torch.no_grad()
-    def f_to_idx(self, f):
-        "Latent (B, Cvae, S, S) -> list of per-scale token indices (B, pn*pn), coarse to fine."
+    def f_to_idx_and_rest(self, f):
+        """Latent (B, Cvae, S, S) -> (list of per-scale token indices (B, pn*pn) coarse to fine, the residual f_rest
+        (B, Cvae, S, S) left for the last scale, i.e. before its code is subtracted)."""
         B, C, H, W = f.shape
         f_rest, out = f.detach().clone(), []
         for si, pn in enumerate(self.patch_nums):
+            if si == self.K - 1: rest_last = f_rest.clone()
             z = F.interpolate(f_rest, size=(pn, pn), mode='area') if si != self.K - 1 else f_rest
             idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, C)).view(B, pn * pn)
             f_rest.sub_(self._up(si, self.lookup(idx, pn)))
             out.append(idx)
-        return out
+        return out, rest_last
+
+    def f_to_idx(self, f):
+        "Latent (B, Cvae, S, S) -> list of per-scale token indices (B, pn*pn), coarse to fine."
+        return self.f_to_idx_and_rest(f)[0]
 
     def idx_to_fhat(self, idx_list):
         "Per-scale indices -> the summed latent f_hat (B, Cvae, S, S)."
@@ -236,11 +242,12 @@ class MultiScaleQuantizer(nn.Module):
 
 # %% ../../nbs/00_vqvae.ipynb #44366e53
 class VQVAE(nn.Module):
+    quantizer_cls = MultiScaleQuantizer  # a tokenizer variant (HART) swaps in its subclass
     def __init__(self, cfg: VQVAEConfig | None = None, **kw):
         super().__init__()
         self.cfg = cfg = cfg or VQVAEConfig(**kw)
         self.encoder, self.decoder = Encoder(cfg), Decoder(cfg)
-        self.quantize = MultiScaleQuantizer(cfg)
+        self.quantize = self.quantizer_cls(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, 1, 1)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, 1, 1)
 
@@ -248,11 +255,13 @@ class VQVAE(nn.Module):
     def patch_nums(self): return self.cfg.patch_nums
 
     def img_to_f(self, img): return self.quant_conv(self.encoder(img))
+    def _check_size(self, img):
+        S = self.cfg.patch_nums[-1] * self.cfg.downsample
+        if img.shape[-2:] != (S, S): raise ValueError(f"images must be {S}x{S} for patch_nums {self.cfg.patch_nums}, got {tuple(img.shape[-2:])}")
     @torch.no_grad()
     def img_to_idx(self, img):
         "Images in [-1, 1] (B, 3, R, R) -> list of K index tensors (B, pn*pn)."
-        S = self.cfg.patch_nums[-1] * self.cfg.downsample
-        if img.shape[-2:] != (S, S): raise ValueError(f"images must be {S}x{S} for patch_nums {self.cfg.patch_nums}, got {tuple(img.shape[-2:])}")
+        self._check_size(img)
         return self.quantize.f_to_idx(self.img_to_f(img))
     def fhat_to_img(self, f_hat): return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
     def idx_to_img(self, idx_list): return self.fhat_to_img(self.quantize.idx_to_fhat(idx_list))
