@@ -126,8 +126,8 @@ class PrefilledPrompt(TunablePrompt):
     def config(self) -> dict: return {**super().config(), 'placement': None}
 
     def prefix_tokens(self, cond_BD):
-        "(B, P, C): the tokens, expanded over the batch of `cond_BD` (B, C)."
-        if cond_BD.shape[-1] != self.C:
+        "(B, P, C): the tokens, expanded over the B condition rows (a (B, C) tensor or a backbone's row container)."
+        if isinstance(cond_BD, torch.Tensor) and cond_BD.ndim == 2 and cond_BD.shape[-1] != self.C:
             raise PromptMismatchError(f"PrefilledPrompt has width C={self.C} but the model's condition has C={cond_BD.shape[-1]}")
         return self.tokens.expand(len(cond_BD), -1, -1)
 
