@@ -19,6 +19,7 @@ from ..utils.images import read_rgb, save_grid
 from ..generation.layouts import index_name
 from ..generation.generate import class_conditions, var_sampler, generate_shard, batch_seed, check_resume
 from .pipeline import guidance_from_spec
+from .t2i import MODELS, run_sample_t2i
 
 # %% auto #0
 __all__ = ['pick_device', 'parse_schedule', 'parse_classes', 'make_guidance', 'run_sample']
@@ -58,16 +59,26 @@ def make_guidance(cfg: float = 1.5, cfg_ramp: str = 'linear', vpg_lambda: float 
 def _opt(help: str, *names, **kw): return typer.Option(*names, help=help, **kw)
 
 def run_sample(
-    var: Annotated[str, _opt('VAR checkpoint (.pth, training checkpoint, .safetensors or model folder)')],
-    vae: Annotated[str, _opt('VQVAE checkpoint (e.g. vae_ch160v4096z32.pth or a model folder)')],
-    out: Annotated[Path, _opt('output folder: images/{i:06d}.png, grid.png, samples.json')],
+    out: Annotated[Path, _opt('output folder: images/{i:06d}.png, grid.png, samples.json (text-to-image: numbered PNGs or a layout)')],
+    model: Annotated[str, _opt(f"var (class-conditional) or a text-to-image backbone: {', '.join(MODELS)}")] = 'var',
+    var: Annotated[Optional[str], _opt('VAR checkpoint (.pth, training checkpoint, .safetensors or model folder)')] = None,
+    vae: Annotated[Optional[str], _opt("tokenizer: the VQVAE (var), the BSQ VAE (infinity) or HART's tokenizer folder")] = None,
+    checkpoint: Annotated[Optional[str], _opt('text-to-image transformer file/folder (default: the active profile)')] = None,
+    text_encoder: Annotated[Optional[str], _opt('text encoder folder: flan-t5-xl (infinity), Qwen2-VL (hart)')] = None,
+    prompt: Annotated[Optional[list[str]], _opt('a text prompt (repeat the option for several)')] = None,
+    prompts: Annotated[Optional[str], _opt('a prompt file (.txt / .jsonl, GenEval metadata) or a DPG-Bench prompts/ folder')] = None,
+    n_per_prompt: Annotated[int, _opt('samples per prompt (GenEval 4, DPG-Bench 4)')] = 1,
+    layout: Annotated[str, _opt('text-to-image file layout: numbered, geneval, dpg')] = 'numbered',
+    tau: Annotated[Optional[float], _opt('Infinity: logit temperature (official evaluation: 1.0)')] = None,
+    pn: Annotated[str, _opt('Infinity: resolution schedule 0.06M / 0.25M / 0.60M / 1M')] = '1M',
+    params: Annotated[Optional[Path], _opt('params.yaml whose active profile gives the files not passed as options')] = None,
     classes: Annotated[Optional[str], _opt('comma-separated class ids (default: every class)')] = None,
     n_per_class: Annotated[int, _opt('samples per class')] = 1,
     batch_size: Annotated[int, _opt('images per batch (with --seed, fixes every batch seed)')] = 32,
-    cfg: Annotated[float, _opt("CFG strength (0 = off)")] = 1.5,
+    cfg: Annotated[Optional[float], _opt("CFG strength (var: 1.5, 0 = off; infinity: official cfg, 4; hart: 4.5)")] = None,
     cfg_ramp: Annotated[str, _opt("'linear' (VAR's ramp over scales) or 'constant'")] = 'linear',
-    top_k: Annotated[int, _opt('top-k sampling (0 = off)')] = 900,
-    top_p: Annotated[float, _opt('top-p sampling (0 = off)')] = 0.96,
+    top_k: Annotated[Optional[int], _opt("top-k sampling (0 = off; default: the model's official value)")] = None,
+    top_p: Annotated[Optional[float], _opt("top-p sampling (0 = off; default: the model's official value)")] = None,
     more_smooth: Annotated[bool, _opt('Gumbel-smoothed token maps (visualisation only)')] = False,
     vpg_lambda: Annotated[float, _opt('VPG strength (0 = off)')] = 0.0,
     vpg_p: Annotated[float, _opt('fraction of prefix sites corrupted')] = 0.5,
@@ -81,7 +92,14 @@ def run_sample(
     grid_cols: Annotated[Optional[int], _opt('grid columns (default: n-per-class, or 8)')] = None,
     progress: Annotated[bool, _opt('progress bar')] = True,
 ) -> Path:
-    "Class-conditional samples from VAR checkpoints (optionally with VPG): numbered PNGs, a grid and samples.json."
+    "Samples (optionally with VPG): VAR class-conditional (numbered PNGs, a grid, samples.json) or Infinity / HART text-to-image."
+    if model != 'var':
+        return run_sample_t2i(model, out, prompt, prompts, checkpoint, vae, text_encoder, params, n_per_prompt, layout, batch_size,
+                              cfg, tau, top_k, top_p, seed, mode, pn, 1.0, vpg_lambda, vpg_p, vpg_variant, vpg_redraw,
+                              parse_schedule(vpg_schedule), None if device == 'auto' else str(pick_device(device)), progress)
+    if var is None or vae is None: raise ValueError("--model var needs --var and --vae (the VAR and VQVAE checkpoints)")
+    if prompt or prompts: raise ValueError("--prompt/--prompts are for text-to-image models: add --model infinity or --model hart")
+    cfg, top_k, top_p = 1.5 if cfg is None else cfg, 900 if top_k is None else top_k, 0.96 if top_p is None else top_p
     if n_per_class < 1 or batch_size < 1: raise ValueError("--n-per-class and --batch-size must be >= 1")
     if not 0 <= top_p < 1 or top_k < 0: raise ValueError("--top-p must be in [0, 1) and --top-k >= 0")
     if mode not in ('fast', 'reference'): raise ValueError(f"--mode must be 'fast' or 'reference', got {mode!r}")
