@@ -17,9 +17,10 @@ from ..utils.images import read_rgb
 from ..data import shapes
 from ..generation import generate as G
 from ..generation.layouts import index_name, geneval_name, write_geneval_metadata
-from ..evaluation.benchmarks import (BENCH_ASSETS, VBENCH_DIMENSIONS, DPG_TOY_DEFAULTS, toy_prompt_label, toy_geneval_metadata, parse_geneval_results,
-                                           evaluate_geneval_toy, toy_dpg_prompt_set, write_dpg_prompt_set, parse_dpg_results, evaluate_dpg_toy,
-                                           run_geneval, run_dpg, run_vbench)
+from ..evaluation.external import BENCH_ASSETS
+from ..evaluation.geneval import toy_prompt_label, toy_geneval_metadata, parse_geneval_results, evaluate_geneval_toy, run_geneval
+from ..evaluation.dpg import DPG_TOY_DEFAULTS, toy_dpg_prompt_set, write_dpg_prompt_set, parse_dpg_results, evaluate_dpg_toy, run_dpg
+from ..evaluation.vbench import VBENCH_DIMENSIONS, run_vbench
 from . import pipeline
 from .generate import tuned_t2i_sampler
 

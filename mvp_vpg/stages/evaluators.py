@@ -17,7 +17,9 @@ from ..utils.images import read_rgb
 from ..data.folders import read_texts
 from ..data.shapes import build_split
 from ..models.toy_clip import load_toy_clip, evaluate_toy_clip
-from ..evaluation.evaluators import numbered_images, pack_npz, run_adm_evaluator, inception_metrics, fidelity_input, clip_score_folder
+from ..evaluation.adm import numbered_images, pack_npz, run_adm_evaluator
+from ..evaluation.fidelity import inception_metrics, fidelity_input
+from ..evaluation.clip_score import clip_score_folder
 from ..evaluation import shapes_net as scorer
 from .pipeline import ParamsFile
 

@@ -30,7 +30,7 @@ from ..mvp.baselines import QLoRAUnavailable, check_qlora_available
 from ..mvp.tuner import Tuner, load_tuned, train_tuner
 from ..generation.generate import generate_shard, t2i_sampler
 from ..generation.layouts import write_geneval
-from ..evaluation.benchmarks import toy_geneval_metadata, parse_geneval_results, evaluate_geneval_toy
+from ..evaluation.geneval import toy_geneval_metadata, parse_geneval_results, evaluate_geneval_toy
 from ..evaluation.shapes_net import detect_objects, fidelity_metrics, class_accuracy, load_image_folder, load_scorer
 from .pipeline import ParamsFile, sample_to_folder, aggregate, guidance_from_spec
 
