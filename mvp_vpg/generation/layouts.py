@@ -13,11 +13,11 @@ import numpy as np
 from ..utils.io import atomic_write, write_text
 from ..utils.params import MissingAsset, need_path
 from ..utils.images import save_png, read_rgb
+from ..utils.video import write_mp4, vbench_name
 
 # %% auto #0
 __all__ = ['index_name', 'geneval_name', 'write_geneval_metadata', 'write_geneval', 'geneval_layout', 'read_dpg_prompts',
-           'tile_2x2', 'write_dpg', 'dpg_from_folder', 'dpg_crops', 'vbench_video_name', 'encode_mp4',
-           'write_vbench_video', 'missing_vbench_videos']
+           'tile_2x2', 'write_dpg', 'dpg_from_folder', 'dpg_crops', 'write_vbench_video', 'missing_vbench_videos']
 
 # %% ../../nbs/51_layouts.ipynb #00240821
 def index_name(i: int) -> str:
@@ -96,32 +96,15 @@ def dpg_crops(grid: np.ndarray, resolution: int, pic_num: int = 4) -> list[np.nd
     R = resolution
     return [grid[y:y + R, x:x + R] for x, y in [(0, 0), (R, 0), (0, R), (R, R)][:pic_num]]
 
-# %% ../../nbs/51_layouts.ipynb #3ec191a4
-def vbench_video_name(prompt_en: str, i: int, ext: str = 'mp4') -> str:
-    "`<prompt_en>-<i>.<ext>`, the file VBench's standard mode looks for."
-    if '/' in prompt_en: raise ValueError(f"a VBench prompt used as a file name cannot contain '/': {prompt_en!r}")
-    return f'{prompt_en}-{i}.{ext}'
-
-# %% ../../nbs/51_layouts.ipynb #88d0e971
-def encode_mp4(frames, path, fps: int = 8):
-    "uint8 frames (T, H, W, 3) -> H.264 MP4 with PyAV."
-    try: import av   # optional: only VBench video writing needs PyAV
-    except ImportError: raise MissingAsset("writing VBench videos needs PyAV (`pip install av`) or an `encode` function") from None
-    frames = np.asarray(frames, dtype=np.uint8)
-    with av.open(str(path), mode='w', format='mp4') as c:
-        s = c.add_stream('libx264', rate=fps); s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], 'yuv420p'
-        for f in frames:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format='rgb24')): c.mux(pkt)
-        for pkt in s.encode(): c.mux(pkt)
-
 # %% ../../nbs/51_layouts.ipynb #15d9d0b6
-def write_vbench_video(out, prompt_en: str, i: int, frames, fps: int = 8, encode: Callable | None = None) -> Path:
-    "Write sample `i` of `prompt_en` as `<out>/<prompt_en>-<i>.mp4`, atomically."
-    f = atomic_write(Path(out) / vbench_video_name(prompt_en, i), lambda t: (encode or encode_mp4)(frames, str(t), fps))
-    return f
+def write_vbench_video(out, prompt_en: str, i: int, frames, fps: int = 16, encode: Callable | None = None) -> Path:
+    "Write sample `i` of `prompt_en` as `<out>/<prompt_en>-<i>.mp4` (H.264 via `utils.video.write_mp4`, or `encode(frames, path, fps)`), atomically."
+    path = Path(out) / vbench_name(prompt_en, i)
+    if encode is None: return write_mp4(frames, path, fps)
+    return atomic_write(path, lambda t: encode(frames, str(t), fps))
 
 # %% ../../nbs/51_layouts.ipynb #8c6c2f6f
-def missing_vbench_videos(videos_dir, prompts: Sequence[dict], n_per_prompt: int = 5, ext: str = 'mp4') -> list[str]:
+def missing_vbench_videos(videos_dir, prompts: Sequence[dict], n_per_prompt: int = 5) -> list[str]:
     "Names the standard mode will look for that are not in `videos_dir`."
     have = {p.name for p in Path(videos_dir).iterdir()} if Path(videos_dir).is_dir() else set()
-    return [n for e in prompts for i in range(n_per_prompt) if (n := vbench_video_name(e['prompt_en'], i, ext)) not in have]
+    return [n for e in prompts for i in range(n_per_prompt) if (n := vbench_name(e['prompt_en'], i)) not in have]
