@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 import torch
 import torch.nn as nn
-from .hart_layers import RMSNorm, HARTBlock, TimestepEmbedder, AdaLNBeforeHead, rope_1d, rope_2d
+from .hart_layers import RMSNorm, HARTBlock, AdaLNBeforeHead, rope_1d, rope_2d
+from .hart_diffusion import TimestepEmbedder
 from .hart_diffusion import DiffusionMLP
 from .var import KVCache
 from .checkpoints import CheckpointError, read_state_dict, check_state_dict

@@ -19,21 +19,21 @@ __all__ = ['timestep_embedding', 'TimestepEmbedder', 'ResBlock', 'FinalLayer', '
 
 # %% ../../nbs/03h_hart_diffusion.ipynb #705b582f
 def timestep_embedding(t, dim: int, max_period: float = 10000.):
-    "Sinusoidal embedding of (possibly fractional) timesteps t (N,) -> (N, dim), [cos | sin] halves."
+    "Sinusoidal embedding of (possibly fractional) timesteps or levels t (...,) -> (..., dim), [cos | sin] halves."
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
-    args = t[:, None].float() * freqs[None]
+    args = t[..., None].float() * freqs
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1) if dim % 2 else emb
+    return torch.cat([emb, torch.zeros_like(emb[..., :1])], dim=-1) if dim % 2 else emb
 
 # %% ../../nbs/03h_hart_diffusion.ipynb #97400584
 class TimestepEmbedder(nn.Module):
-    "Timestep -> sinusoid (freq_dim) -> Linear -> SiLU -> Linear (keys `mlp.0`, `mlp.2`)."
+    "Timestep (the diffusion's) or level (HART's `lvl_embed`) -> sinusoid (freq_dim) -> Linear -> SiLU -> Linear (keys `mlp.0`, `mlp.2`)."
     def __init__(self, width: int, freq_dim: int = 256):
         super().__init__()
         self.freq_dim = freq_dim
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
-    def forward(self, t): return self.mlp(timestep_embedding(t, self.freq_dim))
+    def forward(self, t): return self.mlp(timestep_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 # %% ../../nbs/03h_hart_diffusion.ipynb #a4c98d6f
 def _modulate(x, shift, scale): return x * (1 + scale) + shift

@@ -10,10 +10,11 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .hart_diffusion import TimestepEmbedder   # the same sinusoid -> MLP embeds HART's levels
 
 # %% auto #0
 __all__ = ['RMSNorm', 'rotate_half', 'apply_rope', 'rope_1d', 'rope_2d', 'LlamaAttention', 'ffn_hidden', 'LlamaMLP', 'HARTBlock',
-           'TimestepEmbedder', 'AdaLNBeforeHead']
+           'AdaLNBeforeHead']
 
 # %% ../../nbs/03h_hart_layers.ipynb #9a085614
 class RMSNorm(nn.Module):
@@ -101,21 +102,6 @@ class HARTBlock(nn.Module):
     def forward(self, x, cos, sin, attn_bias=None, cache=None, layer: int = 0):
         x = x + self.attn(self.ln_wo_grad(x), cos, sin, attn_bias, cache, layer)
         return x + self.ffn(self.ln_wo_grad(x))
-
-# %% ../../nbs/03h_hart_layers.ipynb #664f56c4
-class TimestepEmbedder(nn.Module):
-    "Level embedding (`use_timestep_embed=True`): sinusoid(level) with 256 freqs [cos, sin] -> Linear -> SiLU -> Linear."
-    def __init__(self, C: int, n_freq: int = 256, max_period: float = 10000):
-        super().__init__()
-        self.n_freq, self.max_period = n_freq, max_period
-        self.mlp = nn.Sequential(nn.Linear(n_freq, C), nn.SiLU(), nn.Linear(C, C))
-
-    def forward(self, t):
-        "t (...,) integer levels -> (..., C)."
-        half = self.n_freq // 2
-        f = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-        a = t.float()[..., None] * f
-        return self.mlp(torch.cat((a.cos(), a.sin()), -1).to(self.mlp[0].weight.dtype))
 
 # %% ../../nbs/03h_hart_layers.ipynb #d4e0e62a
 class AdaLNBeforeHead(nn.Module):
