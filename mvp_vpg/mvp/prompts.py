@@ -47,7 +47,7 @@ class TunablePrompt(Prompt):
 
     def check_compatible(self, var):
         "Raise `PromptMismatchError` unless `var` (a VAR) has this prompt's width and patch_nums."
-        C, pns = getattr(var, 'C', None), tuple(getattr(var, 'patch_nums', ()))
+        C, pns = getattr(var, 'C', None), tuple(getattr(var, 'patch_nums', None) or ())   # None: a non-square pyramid
         problems = []
         if C != self.C: problems.append(f"width C={self.C} but the model has C={C}")
         if pns != self.patch_nums: problems.append(f"patch_nums={self.patch_nums} but the model has patch_nums={pns}")

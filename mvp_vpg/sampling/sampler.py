@@ -147,7 +147,9 @@ def _recompute(bb, g, fresh, si, clean, cond, null, offsets, prompt, corruption_
     corr = g.corrupt([(s, clean[s]) for s in range(1, si + 1)], bb, corruption_rng) if any(b.corrupted for b in fresh) else None
     c, P = _rows(fresh, cond, null), 0 if prompt is None else prompt.n_prefix()
     cache = bb.new_cache(extra_len=P)
-    for s in range(si + 1):
+    # a backbone whose steps see only some earlier steps (InfinityStar: text + the referenced scales) says which to rerun
+    steps = bb.recompute_steps(si) if hasattr(bb, 'recompute_steps') and not P else range(si + 1)
+    for s in steps:
         if s == 0: inp = bb.start_input(c)
         else: inp = ScaleInput.cat([corr[s - 1] if b.corrupted else clean[s] for b in fresh])
         out = bb.step(s, inp, c, cache, offsets[s], prompt.prefix_tokens(c) if s == 0 and P else None)
