@@ -182,7 +182,7 @@ def t2i_sampler(var, vae, adapter, encode: Callable, guidance=None, top_k: int =
 def read_prompt_set(path, key: str | None = None) -> tuple[list[str], list[dict] | None, list[str] | None]:
     "(texts, GenEval metadata rows or None, DPG-Bench names or None) of a .txt, a .jsonl or a DPG-Bench `prompts/` folder."
     if path is None or not str(path).strip():
-        raise FileNotFoundError("--prompts is empty: set the prompt set in params.yaml (real_eval.t2i.<name>.prompts: COCO captions "
+        raise FileNotFoundError("--prompts is empty: give --prompt TEXT or set the prompt set in params.yaml (real_eval.t2i.<name>.prompts or real_eval.backbones.<name>.prompts: COCO captions "
                                 ".txt/.jsonl, GenEval's prompts/evaluation_metadata.jsonl or DPG-Bench's dpg_bench/prompts/ folder)")
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f"prompt set not found: {p} (a .txt with one prompt per line, a .jsonl such as "
