@@ -19,7 +19,7 @@ from ..utils.images import read_rgb, save_grid
 from ..generation.layouts import index_name
 from ..generation.generate import class_conditions, var_sampler, generate_shard, batch_seed, check_resume
 from .pipeline import guidance_from_spec
-from .t2i import MODELS, run_sample_t2i
+from .t2i import MODELS, run_sample_t2i, run_sample_video
 
 # %% auto #0
 __all__ = ['pick_device', 'parse_schedule', 'parse_classes', 'make_guidance', 'run_sample']
@@ -71,6 +71,11 @@ def run_sample(
     layout: Annotated[str, _opt('text-to-image file layout: numbered, geneval, dpg')] = 'numbered',
     tau: Annotated[Optional[float], _opt('Infinity: logit temperature (official evaluation: 1.0)')] = None,
     pn: Annotated[str, _opt('Infinity: resolution schedule 0.06M / 0.25M / 0.60M / 1M')] = '1M',
+    preset: Annotated[str, _opt("InfinityStar: '720p' or '480p'")] = '720p',
+    duration: Annotated[int, _opt('InfinityStar: seconds of video (720p: 5; 480p: 5 or 10)')] = 5,
+    star_guidance: Annotated[str, _opt("InfinityStar: 'apg' (official) or 'cfg'")] = 'apg',
+    duration_tag: Annotated[bool, _opt("InfinityStar: prefix prompts with the duration tag '<<<t=5s>>>'")] = False,
+    suffix: Annotated[bool, _opt('InfinityStar: append the official close-up suffix to prompts')] = False,
     params: Annotated[Optional[Path], _opt('params.yaml whose active profile gives the files not passed as options')] = None,
     classes: Annotated[Optional[str], _opt('comma-separated class ids (default: every class)')] = None,
     n_per_class: Annotated[int, _opt('samples per class')] = 1,
@@ -84,7 +89,7 @@ def run_sample(
     vpg_p: Annotated[float, _opt('fraction of prefix sites corrupted')] = 0.5,
     vpg_variant: Annotated[str, _opt(f"corruption: {', '.join(VARIANTS)}")] = 'full_embedding',
     vpg_redraw: Annotated[str, _opt(f"when corruptions are redrawn: {', '.join(REDRAWS)}")] = 'per_scale',
-    vpg_schedule: Annotated[str, _opt("'all', n (first n scales) or a list like 1,2,3")] = 'all',
+    vpg_schedule: Annotated[str, _opt("'all', n (first n scales), a list like 1,2,3, or 'semantic' (InfinityStar's semantic-head steps)")] = 'all',
     seed: Annotated[int, _opt('base seed: batch b draws with seed*1000003 + b (the pipeline rule)')] = 0,
     mode: Annotated[str, _opt("'fast' or 'reference' (the official sampler's exact order of operations)")] = 'fast',
     depth: Annotated[Optional[int], _opt('expected VAR depth (checked against the file)')] = None,
@@ -93,6 +98,12 @@ def run_sample(
     progress: Annotated[bool, _opt('progress bar')] = True,
 ) -> Path:
     "Samples (optionally with VPG): VAR class-conditional (numbered PNGs, a grid, samples.json) or Infinity / HART text-to-image."
+    if model == 'infinitystar':
+        return run_sample_video(out, prompt, prompts, checkpoint, vae, text_encoder, params, n_per_prompt, cfg, star_guidance,
+                                1.0, 0.4 if tau is None else tau, seed, mode, preset, duration, duration_tag, suffix, None,
+                                vpg_lambda, vpg_p, vpg_variant, vpg_redraw,
+                                vpg_schedule if vpg_schedule == 'semantic' else parse_schedule(vpg_schedule),
+                                device=None if device == 'auto' else str(pick_device(device)), progress=progress)
     if model != 'var':
         return run_sample_t2i(model, out, prompt, prompts, checkpoint, vae, text_encoder, params, n_per_prompt, layout, batch_size,
                               cfg, tau, top_k, top_p, seed, mode, pn, 1.0, vpg_lambda, vpg_p, vpg_variant, vpg_redraw,
