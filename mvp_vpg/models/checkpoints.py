@@ -6,7 +6,7 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/checkpoints.html.md"""
 
 # %% ../../nbs/03_checkpoints.ipynb #853d7859
 from __future__ import annotations
-import json, math, pickle
+import argparse, json, math, pickle
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -16,9 +16,9 @@ from .vqvae import VQVAE, VQVAEConfig
 from .var import VAR, VARConfig
 
 # %% auto #0
-__all__ = ['CheckpointError', 'unwrap_state_dict', 'read_state_dict', 'infer_var_config', 'infer_vqvae_config',
-           'check_state_dict', 'load_strict', 'load_var', 'load_vqvae', 'write_safetensors', 'save_artifact',
-           'read_artifact_config', 'save_pretrained', 'load_pretrained']
+__all__ = ['CheckpointError', 'unwrap_state_dict', 'torch_load_safe', 'read_state_dict', 'read_shards', 'infer_var_config',
+           'infer_vqvae_config', 'check_state_dict', 'load_strict', 'load_var', 'load_vqvae', 'write_safetensors',
+           'save_artifact', 'read_artifact_config', 'save_pretrained', 'load_pretrained']
 
 # %% ../../nbs/03_checkpoints.ipynb #0398452f
 class CheckpointError(ValueError):
@@ -45,6 +45,25 @@ def unwrap_state_dict(obj, key: str | None = None) -> dict:
     if obj and all(k.startswith('module.') for k in obj): obj = {k[len('module.'):]: v for k, v in obj.items()}
     return dict(obj)
 
+# %% ../../nbs/03_checkpoints.ipynb #b837b4d1
+def torch_load_safe(path) -> object:
+    "torch.load with safe unpickling (tensors, containers and argparse.Namespace only); one-line errors naming the file."
+    path = Path(path)
+    with open(path, 'rb') as fh: head = fh.read(4)
+    if not head: raise CheckpointError(f"{path} is empty (an interrupted download?): fetch the file again")
+    if head != b'PK\x03\x04' and head[:1] != b'\x80':   # torch.save writes a zip archive (old versions: a pickle)
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (it starts with {head!r}): check the path")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        if 'Weights only load failed' not in str(e): raise CheckpointError(f"{path} is not a PyTorch checkpoint (unpickling failed): check the file") from None
+        raise CheckpointError(f"{path} needs code execution to unpickle, which mvp_vpg refuses: re-save only the tensors "
+                              "(torch.save({'vae': vae.state_dict()}, ...)) or convert to safetensors") from None
+    except Exception as e:   # a damaged file fails in many ways (zip reader, unpickler, storage sizes)
+        detail = str(e).splitlines()[0][:100] if str(e) else 'no detail'
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or damaged): {type(e).__name__}: {detail}") from None
+
 # %% ../../nbs/03_checkpoints.ipynb #5ab417aa
 def read_state_dict(path, key: str | None = None) -> dict:
     "Load a state dict from `.safetensors` or a `.pth`/`.pt`/`.bin` file (safe unpickling only), unwrapped."
@@ -55,11 +74,21 @@ def read_state_dict(path, key: str | None = None) -> dict:
         path = path / 'model.safetensors'
         if not path.exists(): raise CheckpointError(f"{path.parent} is a folder without model.safetensors")
     if path.suffix == '.safetensors': return load_file(str(path))
-    try: obj = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path} needs code execution to unpickle, which mvp_vpg refuses. Re-save only the tensors "
-                              f"(torch.save(model.state_dict(), ...)) or convert to safetensors. Detail: {str(e).splitlines()[0]}") from None
-    return unwrap_state_dict(obj, key)
+    return unwrap_state_dict(torch_load_safe(path), key)
+
+def read_shards(folder, what: str) -> dict:
+    "Merge the shards a folder's *.index.json weight_map lists (safetensors or torch .bin), or its model.safetensors; `what` names the expected folder."
+    folder = Path(folder)
+    idx = sorted(folder.glob('*.index.json'))
+    if not idx:
+        if (folder / 'model.safetensors').exists(): return read_state_dict(folder)
+        raise CheckpointError(f"{folder} holds neither a shard index (*.index.json) nor model.safetensors: pass {what}")
+    sd = {}
+    for s in sorted(set(json.loads(idx[0].read_text())['weight_map'].values())):
+        f = folder / s
+        if not f.exists(): raise CheckpointError(f"{idx[0].name} lists {s}, which is missing from {folder} (incomplete download?)")
+        sd.update(load_file(str(f)) if f.suffix == '.safetensors' else unwrap_state_dict(torch_load_safe(f)))
+    return sd
 
 # %% ../../nbs/03_checkpoints.ipynb #ffeaf7ee
 def infer_var_config(sd: dict, **overrides) -> VARConfig:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from .var import KVCache, SharedAdaLin, AdaLNBeforeHead
 from .infinity_layers import (TextCond, RMSNorm, TextAttentivePool, CrossAttnBlock, BlockChunk, mlp_hidden,
                                             rope_table, scale_schedule)
-from .checkpoints import CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
+from .checkpoints import read_shards, CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
 
 # %% auto #0
 __all__ = ['INFINITY_2B', 'INFINITY_8B', 'InfinityConfig', 'TextFeatures', 'Infinity', 'infer_infinity_config',
@@ -169,28 +169,13 @@ def infer_infinity_config(sd: dict, **overrides) -> InfinityConfig:
     return cfg
 
 # %% ../../nbs/03d_infinity.ipynb #620d8aa2
-def _read_shards(folder: Path) -> dict:
-    "Merge the shards listed by the folder's *.index.json weight_map (safetensors or torch .bin shards)."
-    idx = sorted(folder.glob('*.index.json'))
-    if not idx:
-        if (folder / 'model.safetensors').exists(): return read_state_dict(folder)
-        raise CheckpointError(f"{folder} holds neither a shard index (*.index.json) nor model.safetensors: "
-                              "pass the 2B .pth file or the 8B weights folder (infinity_8b_weights/)")
-    shards = sorted(set(json.loads(idx[0].read_text())['weight_map'].values()))
-    sd = {}
-    for s in shards:
-        f = folder / s
-        if not f.exists(): raise CheckpointError(f"{idx[0].name} lists {s}, which is missing from {folder} (incomplete download?)")
-        sd.update(load_file(str(f)) if f.suffix == '.safetensors' else unwrap_state_dict(torch.load(f, map_location='cpu', weights_only=True)))
-    return sd
-
 def read_infinity_state_dict(path) -> dict:
     "The transformer state dict of an official `.pth` / `.safetensors` file or shard folder (unwrapped, legacy keys dropped)."
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Infinity checkpoint not found: {path} (infinity_2b_reg.pth or the infinity_8b_weights/ folder "
                                 "from the HF repo FoundationVision/Infinity; give its local path)")
-    sd = _read_shards(path) if path.is_dir() else read_state_dict(path, 'gpt_fsdp')
+    sd = read_shards(path, 'the 2B .pth file or the 8B weights folder (infinity_8b_weights/)') if path.is_dir() else read_state_dict(path, 'gpt_fsdp')
     return {k: v for k, v in sd.items() if k not in _DROP}
 
 def load_infinity(path, device='cpu', dtype=None, **overrides) -> Infinity:

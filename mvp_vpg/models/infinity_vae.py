@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .bsq import bits_to_codes, resize_codes, spatial_patchify
-from .checkpoints import CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
+from .checkpoints import torch_load_safe, CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
 
 # %% auto #0
 __all__ = ['INFINITY_VAES', 'InfinityVAEConfig', 'Conv', 'Norm', 'swish', 'ResnetBlock', 'Downsample', 'Upsample', 'MidBlock',
@@ -266,24 +266,6 @@ def infer_infinity_vae_config(sd: dict, **overrides) -> InfinityVAEConfig:
     kw.update(overrides)
     return InfinityVAEConfig(**kw)
 
-# %% ../../nbs/03c_infinity_vae.ipynb #fa4ffe6e
-def _torch_load(path: Path):
-    "torch.load with safe unpickling (tensors, containers and argparse.Namespace only); one-line errors."
-    with open(path, 'rb') as fh: head = fh.read(4)
-    if not head: raise CheckpointError(f"{path} is empty (an interrupted download?): fetch the file again")
-    if head != b'PK\x03\x04' and head[:1] != b'\x80':   # torch.save writes a zip archive (old versions: a pickle)
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (it starts with {head!r}): check the path")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        if 'Weights only load failed' not in str(e): raise CheckpointError(f"{path} is not a PyTorch checkpoint (unpickling failed): check the file") from None
-        raise CheckpointError(f"{path} needs code execution to unpickle, which mvp_vpg refuses: re-save only the tensors "
-                              "(torch.save({'vae': vae.state_dict()}, ...)) or convert to safetensors") from None
-    except Exception as e:   # a damaged file fails in many ways (zip reader, unpickler, storage sizes)
-        detail = str(e).splitlines()[0][:100] if str(e) else 'no detail'
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or damaged): {type(e).__name__}: {detail}") from None
-
 # %% ../../nbs/03c_infinity_vae.ipynb #e3dc5543
 def read_infinity_vae_state_dict(path) -> dict:
     "The VAE state dict of an official tokenizer `.pth` (`{'vae': ...}`), a bare state dict `.pth`, or a `.safetensors`."
@@ -293,7 +275,7 @@ def read_infinity_vae_state_dict(path) -> dict:
                                 "infinity_vae_d56_f8_14_patchify.pth from the HF repo FoundationVision/Infinity)")
     if path.is_dir(): raise CheckpointError(f"{path} is a folder; the Infinity VAE is a single .pth file (a folder of shards is the 8B transformer)")
     if path.suffix == '.safetensors': return read_state_dict(path)
-    obj = _torch_load(path)
+    obj = torch_load_safe(path)
     if isinstance(obj, dict) and isinstance(obj.get('vae'), dict): obj = obj['vae']
     elif isinstance(obj, dict) and not all(torch.is_tensor(v) for v in obj.values()) and not any(k in obj for k in ('trainer', 'state_dict', 'model', 'module')):
         raise CheckpointError(f"{path} holds no 'vae' state dict (entries: {sorted(map(str, obj))[:5]})")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file
-from .checkpoints import CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
+from .checkpoints import read_shards, CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
 from .infinity_layers import TextCond
 from .infinitystar_layers import (StarBlock, BlockChunk, RMSNorm, StarCache, StarStep, text_rope, step_rope,
                                                 rope_angles_table, step_positions)
@@ -183,27 +183,13 @@ def infer_infinitystar_config(sd: dict, **overrides) -> InfinityStarConfig:
     return InfinityStarConfig(**kw)
 
 # %% ../../nbs/03m_infinitystar.ipynb #7875dfd0
-def _read_shards(folder: Path) -> dict:
-    "Merge the shards listed by the folder's *.index.json weight_map (safetensors or torch .bin shards)."
-    idx = sorted(folder.glob('*.index.json'))
-    if not idx:
-        if (folder / 'model.safetensors').exists(): return read_state_dict(folder)
-        raise CheckpointError(f"{folder} holds neither a shard index (*.index.json) nor model.safetensors: pass the "
-                              "infinitystar_8b_720p_weights/ (or _480p_) folder")
-    sd = {}
-    for s in sorted(set(json.loads(idx[0].read_text())['weight_map'].values())):
-        f = folder / s
-        if not f.exists(): raise CheckpointError(f"{idx[0].name} lists {s}, which is missing from {folder} (incomplete download?)")
-        sd.update(load_file(str(f)) if f.suffix == '.safetensors' else unwrap_state_dict(torch.load(f, map_location='cpu', weights_only=True)))
-    return sd
-
 def read_infinitystar_state_dict(path, prefix: str = '') -> dict:
     "The transformer state dict of an official shard folder / `.pth` / `.safetensors` (keys under `prefix`, stripped)."
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"InfinityStar checkpoint not found: {path} (the infinitystar_8b_720p_weights/ or "
                                 "infinitystar_8b_480p_weights/ folder from the HF repo FoundationVision/InfinityStar; give its local path)")
-    sd = _read_shards(path) if path.is_dir() else read_state_dict(path, 'gpt_fsdp')
+    sd = read_shards(path, 'the infinitystar_8b_720p_weights/ (or _480p_) folder') if path.is_dir() else read_state_dict(path, 'gpt_fsdp')
     if prefix:
         sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         if not sd: raise CheckpointError(f"{path} has no tensor under the prefix {prefix!r}")

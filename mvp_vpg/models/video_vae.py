@@ -11,8 +11,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 import torch.nn as nn
-from .checkpoints import CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
-from .infinity_vae import _torch_load
+from .checkpoints import torch_load_safe, CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
 from .video_vae_layers import (CausalConv3d, ChannelRMSNorm, DownBlock3d, MidBlock3d, SpatialNorm3d,
                                              UpBlock3d, clear_caches)
 
@@ -212,7 +211,7 @@ def read_video_vae_state_dict(path) -> dict:
         raise FileNotFoundError(f"video VAE checkpoint not found: {path} (the official file is infinitystar_videovae.pth "
                                 "from the HF repo FoundationVision/InfinityStar)")
     if path.is_dir() or path.suffix == '.safetensors': return read_state_dict(path)
-    obj = _torch_load(path)             # safe unpickling, one-line errors for empty / truncated / foreign files
+    obj = torch_load_safe(path)             # safe unpickling, one-line errors for empty / truncated / foreign files
     if isinstance(obj, dict) and isinstance(obj.get('vae'), dict): obj = obj['vae']
     try: return unwrap_state_dict(obj)
     except CheckpointError as e: raise CheckpointError(f"{path}: {e}") from None
