@@ -1,4 +1,4 @@
-"""`mvp-vpg train vqvae|var|scorer|clip|preview`: the dvc stages that train the toy tokenizer, VAR, shapes network and CLIP from params.yaml, and the preview grids.
+"""`mvp-vpg train vqvae|var|scorer|clip|preview|bsq|infinity|infinity-preview`: the dvc stages that train the toy tokenizer, VAR, shapes network, CLIP and the toy text-to-image Infinity (BSQ tokenizer + transformer) from params.yaml, and the preview grids.
 
 Docs: https://mvp-vpg.github.io/mvp_vpg/toy_stage.html.md"""
 
@@ -17,11 +17,13 @@ from ..models.checkpoints import load_pretrained
 from ..models.toy_clip import train_clip
 from ..evaluation.shapes_net import train_scorer
 from ..toy.train import train_vqvae, train_var, preview_recon, preview_samples
+from ..toy.infinity_train import train_toy_bsq, train_toy_infinity, load_toy_bsq, load_toy_infinity, ToyTextEncoder, load_split
+from ..toy.infinity_eval import preview_infinity, preview_bsq, prompt_following
 from .pipeline import ParamsFile
 
 # %% auto #0
 __all__ = ['P', 'Out', 'State', 'Device', 'Threads', 'train_vqvae_cmd', 'train_var_cmd', 'train_scorer_cmd', 'train_clip_cmd',
-           'preview_cmd']
+           'preview_cmd', 'train_bsq_cmd', 'train_infinity_cmd', 'infinity_preview_cmd']
 
 # %% ../../nbs/75_toy_stage.ipynb #0287def6
 def _opt(help: str, **kw): return typer.Option(help=help, **kw)
@@ -64,3 +66,34 @@ def preview_cmd(params: ParamsFile = P, vae: Annotated[Path, _opt('VQVAE folder'
     print(preview_recon(q, load_config(params), Path(out) / 'vqvae_recon.png'))
     if (Path(var) / 'model.safetensors').exists():
         print(preview_samples(load_pretrained(var), q, Path(out) / 'var_samples.png', n_per_class, cfg, top_k, top_p, seed))
+
+# %% ../../nbs/75_toy_stage.ipynb #a1b2c3d4e5f6
+def train_bsq_cmd(out: Out = Path('data/toy/bsq'), params: ParamsFile = P, state: State = None, device: Device = 'cpu',
+                  threads: Threads = None):
+    "Train the toy BSQ tokenizer of Infinity (params `data`, `toy_infinity.bsq`); resumes from its train state."
+    _threads(threads); return train_toy_bsq(load_config(params), out, state_dir=state, device=device)['metrics']
+
+def train_infinity_cmd(out: Out = Path('data/toy/infinity'), params: ParamsFile = P,
+                       bsq: Annotated[Path, _opt('BSQ tokenizer folder')] = Path('data/toy/bsq'),
+                       clip: Annotated[Path, _opt('toy CLIP folder (the text encoder)')] = Path('data/toy/clip'),
+                       state: State = None, device: Device = 'cpu', threads: Threads = None):
+    "Train the toy text-conditional Infinity on the frozen BSQ tokenizer and toy CLIP text tower (params `data`, `toy_infinity`)."
+    _threads(threads); return train_toy_infinity(load_config(params), bsq, clip, out, state_dir=state, device=device)['metrics']
+
+def infinity_preview_cmd(infinity: Annotated[Path, _opt('toy Infinity folder')] = Path('data/toy/infinity'),
+                         bsq: Annotated[Path, _opt('BSQ tokenizer folder')] = Path('data/toy/bsq'),
+                         clip: Annotated[Path, _opt('toy CLIP folder')] = Path('data/toy/clip'),
+                         scorer: Annotated[Optional[Path], _opt('shapes network folder: also score matched vs shuffled prompts')] = None,
+                         out: Annotated[Path, _opt('grid PNG')] = Path('data/toy/infinity_samples.png'),
+                         n_per_category: Annotated[int, _opt('prompts per category')] = 8,
+                         cfg: Annotated[float, _opt('CFG (official rule, >= 1)')] = 3.0, tau: Annotated[float, _opt('temperature')] = 1.0,
+                         seed: Annotated[int, _opt('sampling seed')] = 0, params: ParamsFile = P, threads: Threads = None):
+    """Grid of toy Infinity samples, one row per GenEval prompt category (`out`), the BSQ reconstruction grid (bsq_recon.png
+    next to it); with --scorer, toy GenEval accuracy of matched vs shuffled prompts."""
+    _threads(threads)
+    m, v = load_toy_infinity(infinity), load_toy_bsq(bsq)
+    enc = ToyTextEncoder(clip, m.cfg.text_channels)
+    path, _ = preview_infinity(m, v, enc, out, n_per_category, cfg, tau, seed)
+    res = {'grid': str(path), 'recon': str(preview_bsq(v, load_split(load_config(params), 'val', 32)[0], Path(out).parent / 'bsq_recon.png'))}
+    if scorer is not None: res.update(prompt_following(m, v, enc, scorer, n_per_category, cfg, tau, seed))
+    return res
