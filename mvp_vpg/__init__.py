@@ -11,6 +11,8 @@ Modules:
 - `mvp_vpg.models.t5_text`: The flan-T5-XL encoder (through `transformers`, from a local folder) turning prompts into the varlen text condition `TextCond` that Infinity's transformer and backbone take.
 - `mvp_vpg.sampling.apg`: InfinityStar's default guidance rule (`use_apg=1`): the CFG difference, capped in RMS and stripped of its component along the conditional logits, as a guidance rule with the branches cond / uncond.
 - `mvp_vpg.sampling.infinity`: `sample_infinity`: the official Infinity sampler (`autoregressive_infer_cfg`) expressed with the shared `sample_scales`, so CFG, VPG and MVP prompts run on Infinity unchanged.
-- `mvp_vpg.sampling.infinitystar`: `sample_infinitystar`: the official InfinityStar video sampler (`ar_infer_infinity_elegant`) expressed with the shared `sample_scales`, so APG / CFG, VPG and prompts run on InfinityStar unchanged."""
+- `mvp_vpg.sampling.infinitystar`: `sample_infinitystar`: the official InfinityStar video sampler (`ar_infer_infinity_elegant`) expressed with the shared `sample_scales`, so APG / CFG, VPG and prompts run on InfinityStar unchanged.
+- `mvp_vpg.toy.infinity_eval`: Samples of the toy Infinity per Shapes prompt category (`preview_infinity`), and the check that matters: GenEval-style scores (shapes network + `check_prompt`) of images drawn from their own prompts vs from shuffled prompts (`prompt_following`). A model that ignores the text scores the same on both.
+- `mvp_vpg.toy.infinity_train`: Train a toy Infinity for the Shapes world on a CPU: the BSQ tokenizer (Infinity's VAE at 32 px, 8x8 latent, 5-scale schedule 1-2-4-6-8) and a small text-conditional Infinity transformer reading per-token states of the frozen toy CLIP text tower. Resumable and atomic like `toy.train`; the folders load with `load_toy_bsq` / `load_toy_infinity`, and `ToyTextEncoder` turns strings into the `TextCond` the transformer reads."""
 
 __version__ = "0.0.1"

@@ -14,5 +14,6 @@ if [ "${1:-}" = "--full" ]; then
 else
   dvc repro "$@"
   echo; cat reports/headline/results.md
-  echo "Figures: reports/headline/paired.png (paired differences), reports/headline/grid.png (samples)"
+  echo; cat reports/headline/infinity.md
+  echo "Figures: reports/headline/paired.png (paired differences), reports/headline/grid.png (samples), reports/headline/infinity_grid.png (toy Infinity samples)"
 fi

@@ -36,11 +36,13 @@ def repo(tmp_path_factory):
     p['bench_vpg'].update(batch_size=4, repeats=1)
     p['dpg_toy'].update(n_prompts=2, runs={'t2i_mvp': {'run': 'outputs/mvp/t2i_mvp', 'variant': 'vpg'}})
     p['headline'].update(n_per_class=2, seeds=[0, 1], batch_size=12, n_boot=10)
+    p['headline_infinity'].update(n_per_category=1, n_per_prompt=2, seeds=[0, 1], batch_size=12, dpg={'n_prompts': 2})
     (d / 'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
     _run(['git', 'init', '-q'], d); _run(['git', 'add', '-A'], d)
     _run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'copy'], d)
     _run(['dvc', 'repro'], d)
-    assert (d / 'metrics/headline/paired.json').exists() and not (d / 'metrics/base.json').exists()   # the main job is the headline only
+    assert (d / 'metrics/headline/paired.json').exists() and (d / 'metrics/headline/infinity.json').exists()
+    assert not (d / 'metrics/base.json').exists()   # the main job is the headline only
     _run(['dvc', 'repro', 'study/dvc.yaml'], d)
     return d
 
@@ -56,6 +58,19 @@ def test_headline_study_pairs_the_four_variants(repo):
     base0 = sorted((repo / 'outputs/headline/samples/base/seed0').glob('*.png'))
     assert len(base0) == 24
     assert any(f.read_bytes() != (repo / 'outputs/headline/samples/mvp/seed0' / f.name).read_bytes() for f in base0)
+
+def test_headline_infinity_part(repo):
+    m = json.loads((repo / 'metrics/headline/infinity.json').read_text())
+    assert set(m['geneval']['paired']) == {'overall', 'single_object', 'two_object', 'counting', 'colors', 'position', 'color_attr'}
+    assert m['geneval']['variants']['base']['n_images'] == 6 * 2 * 2 and 'dpg_score' in m['dpg']['paired']
+    assert m['guidance']['vpg'].startswith('VPG') and 'overall' in m['prompt_following']
+    md = (repo / 'reports/headline/infinity.md').read_text()
+    assert '| **overall** (mean over categories) |' in md and '| **DPG score** |' in md
+    assert (repo / 'reports/headline/infinity_grid.png').stat().st_size > 0 and (repo / 'reports/headline/results.md').exists()
+    g = repo / 'outputs/headline/infinity'
+    base0 = sorted((g / 'base/seed0/geneval').glob('*/samples/*.png'))
+    assert len(base0) == 12 and sorted(p.name for p in (g / 'vpg/seed1/dpg').glob('*.png')) == ['shapes0000.png', 'shapes0001.png']
+    assert any(f.read_bytes() != (g / 'vpg' / f.relative_to(g / 'base')).read_bytes() for f in base0)
 
 def test_repro_writes_metrics_with_spread_over_seeds(repo):
     m = json.loads((repo / 'metrics' / 'base.json').read_text())

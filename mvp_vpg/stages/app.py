@@ -13,7 +13,7 @@ import torch
 import typer
 from ..utils.params import MissingAsset, load_params
 from .config import load_config
-from . import cli, pipeline, generate, tune, evaluators, benchmarks, toy, headline
+from . import cli, pipeline, generate, tune, evaluators, benchmarks, toy, headline, headline_infinity
 
 # %% auto #0
 __all__ = ['ERRORS', 'RUN_ERRORS', 'app', 'evaluate_app', 'bench_app', 'train_app', 'COMMANDS', 'command', 'headline_sample_cmd',
@@ -28,7 +28,7 @@ app = typer.Typer(name='mvp-vpg', no_args_is_help=True, add_completion=False, pr
                        'models: sampling, generation, tuning, evaluation and every dvc stage.')
 evaluate_app = typer.Typer(no_args_is_help=True, help='evaluators of sample folders: ADM, torch-fidelity FID, CLIP score, toy checks')
 bench_app = typer.Typer(no_args_is_help=True, help='benchmarks: toy GenEval / DPG-Bench, real GenEval / DPG-Bench / VBench')
-train_app = typer.Typer(no_args_is_help=True, help='train the toy base models (VQVAE, VAR, shapes network, CLIP) and preview them')
+train_app = typer.Typer(no_args_is_help=True, help='train the toy base models (VQVAE, VAR, shapes network, CLIP, toy Infinity) and preview them')
 app.add_typer(evaluate_app, name='evaluate'); app.add_typer(bench_app, name='bench'); app.add_typer(train_app, name='train')
 
 # %% ../../nbs/76_app.ipynb #ae2c4446
@@ -75,6 +75,8 @@ COMMANDS = [   # (group, name, typed function, errors reported as one line)
     (app, 'evaluate-variant', pipeline.evaluate_variant_cmd, ERRORS),
     (app, 'headline-sample', headline_sample_cmd, ERRORS),
     (app, 'headline-compare', headline_compare_cmd, ERRORS),
+    (app, 'headline-infinity-sample', headline_infinity.headline_infinity_sample_cmd, ERRORS),
+    (app, 'headline-infinity-compare', headline_infinity.headline_infinity_compare_cmd, RUN_ERRORS),
     (evaluate_app, 'adm', evaluators.adm_cmd, RUN_ERRORS),
     (evaluate_app, 'fid', evaluators.fid_cmd, RUN_ERRORS),
     (evaluate_app, 'clipscore', evaluators.clipscore_cmd, RUN_ERRORS),
@@ -92,6 +94,9 @@ COMMANDS = [   # (group, name, typed function, errors reported as one line)
     (train_app, 'scorer', toy.train_scorer_cmd, ERRORS),
     (train_app, 'clip', toy.train_clip_cmd, ERRORS),
     (train_app, 'preview', toy.preview_cmd, ERRORS),
+    (train_app, 'bsq', toy.train_bsq_cmd, ERRORS),
+    (train_app, 'infinity', toy.train_infinity_cmd, ERRORS),
+    (train_app, 'infinity-preview', toy.infinity_preview_cmd, ERRORS),
 ]
 _GROUP = {id(evaluate_app): 'evaluate ', id(bench_app): 'bench ', id(train_app): 'train '}
 for _g, _name, _fn, _errors in COMMANDS: command(_g, _name, _fn, _errors, _GROUP.get(id(_g), '') + _name)
