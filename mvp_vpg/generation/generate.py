@@ -6,7 +6,7 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/generate.html.md"""
 
 # %% ../../nbs/50_generate.ipynb #0ff99919
 from __future__ import annotations
-import json, os, re, threading, datetime
+import json, os, re, shutil, threading, datetime
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
@@ -23,8 +23,9 @@ from .layouts import index_name, geneval_name, read_dpg_prompts, write_geneval_m
 
 # %% auto #0
 __all__ = ['LAYOUTS', 'image_ok', 'clean_stale_temps', 'class_conditions', 'prompt_conditions', 'batch_seed', 'n_batches',
-           'shard_batches', 'shard_indices', 'var_sampler', 'generate_shard', 'check_resume', 'generate', 't2i_sampler',
-           'read_prompt_set', 'layout_name', 'prompt_set_checks', 'finish_layout', 'tiles_dir']
+           'shard_batches', 'shard_indices', 'var_sampler', 'generate_shard', 'check_resume', 'empty_run_folder',
+           'generate', 't2i_sampler', 'read_prompt_set', 'layout_name', 'prompt_set_checks', 'finish_layout',
+           'tiles_dir']
 
 # %% ../../nbs/50_generate.ipynb #8380ee31
 def image_ok(path) -> bool:
@@ -62,7 +63,9 @@ def prompt_conditions(prompts: Sequence, n_per_prompt: int) -> list:
 
 # %% ../../nbs/50_generate.ipynb #ac739305
 def batch_seed(seed: int, b: int) -> int:
-    "Generator seed of global batch `b` (the rule of `pipeline.sample_to_folder`)."
+    "Generator seed of global batch `b` (the rule of `pipeline.sample_to_folder`); `seed` must be an integer >= 0."
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**40:
+        raise ValueError(f"seed must be an integer in [0, 2**40), got {seed!r}")
     return int(seed) * 1_000_003 + int(b)
 
 # %% ../../nbs/50_generate.ipynb #43206563
@@ -120,23 +123,39 @@ def generate_shard(out, conds: Sequence, sampler: Callable, seed: int, batch_siz
 # %% ../../nbs/50_generate.ipynb #b460c3e6
 def _canon(x): return json.loads(json.dumps(x, sort_keys=True, default=str))
 
-def check_resume(manifest_path, settings: dict):
-    "Refuse to add images to a folder generated with other settings (names the differing keys)."
-    p = Path(manifest_path)
-    if not p.exists(): return
+def check_resume(manifest_path, settings: dict, overwrite: bool = False) -> bool:
+    """Check that the manifest's folder may receive this run: absent, empty, or holding a run with the same `settings`
+    (a resume). Another run's folder is refused unless `overwrite` (then True is returned: the caller empties it); a
+    non-empty folder without a manifest is always refused, since it was not written by us. Names the differing keys."""
+    p = Path(manifest_path); folder = p.parent
+    if folder.exists() and not folder.is_dir(): raise ValueError(f"{folder} is a file: the output must be a folder (pass a folder path)")
+    if not folder.is_dir() or not any(folder.iterdir()): return False
+    if not p.exists():
+        raise ValueError(f"{folder} is not empty and holds no run manifest ({p.name}), so it is not a run of ours to resume: "
+                         f"use a new or empty output folder")
     old = json.loads(p.read_text()).get('settings', {})
     new = _canon(settings)
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if diff:
-        raise ValueError(f"{p.parent} already holds images generated with other settings (differs in: {', '.join(diff)}); "
-                         f"use a new output folder or delete it")
+    if diff and not overwrite:
+        raise ValueError(f"{folder} already holds images generated with other settings (differs in: {', '.join(diff)}); "
+                         f"use a new output folder, or pass --overwrite to replace that run")
+    return bool(diff)
+
+def empty_run_folder(folder):
+    "Delete a previous run's folder (after `check_resume` said so) and create it empty."
+    folder = Path(folder)
+    shutil.rmtree(folder); folder.mkdir(parents=True)
 
 # %% ../../nbs/50_generate.ipynb #c62e0b52
 def generate(out, conds: Sequence, sampler: Callable, seed: int, batch_size: int, settings: dict | None = None,
              info: dict | None = None, name: Callable = index_name, manifest: str | None = 'manifest.json',
-             max_batches: int | None = None, on_max: str = 'stop', progress: bool = True, timeout_s: float = 6 * 3600) -> dict:
-    "Sharded, resumable generation of `len(conds)` images into `out` (one shard per torchrun rank). Returns the manifest."
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+             max_batches: int | None = None, on_max: str = 'stop', progress: bool = True, timeout_s: float = 6 * 3600,
+             overwrite: bool = False) -> dict:
+    """Sharded, resumable generation of `len(conds)` images into `out` (one shard per torchrun rank). Returns the manifest.
+    A folder holding another run is refused, or emptied first with `overwrite` (see `check_resume`)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise ValueError(f"{out} is a file: the output must be a folder (pass a folder path)")
+    out.mkdir(parents=True, exist_ok=True)
     _, created = init_distributed(timeout_s=timeout_s)
     try:
         d = process_group()
@@ -146,7 +165,8 @@ def generate(out, conds: Sequence, sampler: Callable, seed: int, batch_size: int
                            'seed_rule': 'generator seed of global batch b = seed*1000003 + b; batch b = images [b*bs, (b+1)*bs)',
                            'name_pattern': name(0) if name is not index_name else '{i:06d}.png'})
         mpath = out / manifest if manifest else None
-        if mpath is not None: check_resume(mpath, settings)
+        clear = mpath is not None and check_resume(mpath, settings, overwrite)   # every rank decides alike
+        if clear and rank == 0: empty_run_folder(out)
         man = {'settings': settings, 'complete': False, 'world_size': world, 'info': _canon(info or {})}
         if rank == 0:
             clean_stale_temps({(out / name(i)).parent for i in range(n)})

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from ..utils.io import write_json
 from ..utils.video import write_mp4, vbench_name
-from .generate import batch_seed, check_resume, _canon
+from .generate import batch_seed, check_resume, empty_run_folder, _canon
 
 # %% auto #0
 __all__ = ['vbench_items', 'generate_videos']
@@ -32,16 +32,18 @@ def vbench_items(entries: Sequence[dict], n_per_prompt: int = 5, use_refined: bo
 
 # %% ../../nbs/50c_videos.ipynb #1b0e3237
 def generate_videos(out, items: Sequence[tuple[str, str]], sampler: Callable, seed: int, settings: dict | None = None,
-                    fps: int = 16, progress: bool = True) -> dict:
+                    fps: int = 16, progress: bool = True, overwrite: bool = False) -> dict:
     """Write `items` [(text, file name)] as MP4s into `out`: video i = `sampler([text], batch_seed(seed, i))[0]`, uint8
-    RGB frames (T, H, W, 3). Existing files are kept (resume); returns the manifest (written to out/manifest.json)."""
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    RGB frames (T, H, W, 3). Existing files are kept (resume); another run's folder is refused, or emptied with
+    `overwrite`; returns the manifest (written to out/manifest.json)."""
+    out = Path(out)
     names = [n for _, n in items]
     if len(set(names)) != len(names): raise ValueError("two videos would get the same file name: make the prompts unique")
     settings = _canon({**(settings or {}), 'n_videos': len(items), 'seed': int(seed), 'fps': int(fps),
                        'seed_rule': 'generator seed of video i = seed*1000003 + i (one prompt per batch)',
                        'texts': [t for t, _ in items], 'names': names})
-    check_resume(out / 'manifest.json', settings)
+    if check_resume(out / 'manifest.json', settings, overwrite): empty_run_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
     man = {'settings': settings, 'complete': False}
     write_json(man, out / 'manifest.json')
     written = 0

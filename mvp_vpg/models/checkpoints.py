@@ -98,7 +98,11 @@ def infer_var_config(sd: dict, **overrides) -> VARConfig:
         ncls, C = sd['class_emb.weight'].shape
         lvl = sd['lvl_1L'].view(-1)
     except (KeyError, ValueError) as e:
-        raise CheckpointError(f"not a VAR state dict (missing {e}); keys start with {sorted(sd)[:4]}") from None
+        if any(k.startswith(('decoder.', 'encoder.', 'quantize.')) for k in sd):   # the usual mix-up: the tokenizer as the VAR
+            raise CheckpointError("this file holds a VQVAE tokenizer (encoder/decoder/quantize keys), not a VAR transformer: "
+                                  "pass it as the VAE (--vae) and the var_d*.pth file as the VAR (--var)") from None
+        what = 'no blocks.* keys' if isinstance(e, ValueError) else f'missing {e}'
+        raise CheckpointError(f"not a VAR state dict ({what}); keys start with {sorted(sd)[:4]}") from None
     l2 = 'blocks.0.attn.scale_mul_1H11' in sd
     H = sd['blocks.0.attn.scale_mul_1H11'].shape[1] if l2 else C // 64
     if lvl.is_meta: raise CheckpointError("lvl_1L is on the meta device: patch_nums cannot be read; pass patch_nums")

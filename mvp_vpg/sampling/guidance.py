@@ -7,7 +7,7 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/guidance.html.md"""
 # %% ../../nbs/02c_guidance.ipynb #3cee6e45
 from __future__ import annotations
 from dataclasses import dataclass
-import math
+import math, warnings
 import torch
 
 # %% auto #0
@@ -75,11 +75,13 @@ class Guidance:
 class NoGuidance(Guidance): pass
 
 # %% ../../nbs/02c_guidance.ipynb #e5a54ca4
-def check_finite_number(v, what: str, low: float | None = None):
-    "A finite real number (≥ `low` if given), else a ValueError naming `what`."
+def check_finite_number(v, what: str, low: float | None = None, warn_below: float | None = None):
+    "A finite real number (≥ `low` if given), else a ValueError naming `what`; below `warn_below` it warns (legal but odd)."
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ValueError(f"{what} must be a finite number, got {v!r}")
     if low is not None and v < low: raise ValueError(f"{what} must be >= {low}, got {v}")
+    if warn_below is not None and v < warn_below:
+        warnings.warn(f"{what} = {v} < {warn_below}: legal, but almost surely unintended (it pushes away from the guided branch)", stacklevel=3)
     return float(v)
 
 class CFG(Guidance):
@@ -87,9 +89,9 @@ class CFG(Guidance):
     also be a list of K per-scale strengths t (ramp 'per_scale'; Infinity's cfg_list c gives t = c - 1)."""
     def __init__(self, cfg: float = 1.5, ramp: str = 'linear', window: Window = ALL):
         if isinstance(cfg, (list, tuple)):
-            cfg, ramp = tuple(check_finite_number(c, 'cfg', 0.0) for c in cfg), 'per_scale'
+            cfg, ramp = tuple(check_finite_number(c, 'cfg', warn_below=0.0) for c in cfg), 'per_scale'
         elif ramp not in ('linear', 'constant'): raise ValueError(f"ramp must be 'linear' or 'constant', got {ramp!r}")
-        else: cfg = check_finite_number(cfg, 'cfg', 0.0)
+        else: cfg = check_finite_number(cfg, 'cfg', warn_below=0.0)
         self.cfg, self.ramp, self.window = cfg, ramp, window
     def t(self, si, K):
         if self.ramp == 'per_scale':

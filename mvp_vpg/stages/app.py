@@ -6,14 +6,14 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/app.html.md"""
 
 # %% ../../nbs/76_app.ipynb #76625781
 from __future__ import annotations
-import functools, json, sys
+import functools, json, sys, warnings
 from pathlib import Path
 from typing import Annotated, Callable
 import torch
 import typer
 from ..utils.params import MissingAsset, load_params
 from .config import load_config
-from . import cli, pipeline, generate, tune, evaluators, benchmarks, toy, headline, headline_infinity
+from . import cli, pipeline, generate, tune, evaluators, benchmarks, toy, headline, headline_infinity, infinity_study, headline_video
 
 # %% auto #0
 __all__ = ['ERRORS', 'RUN_ERRORS', 'app', 'evaluate_app', 'bench_app', 'train_app', 'COMMANDS', 'command', 'headline_sample_cmd',
@@ -28,7 +28,7 @@ app = typer.Typer(name='mvp-vpg', no_args_is_help=True, add_completion=False, pr
                        'models: sampling, generation, tuning, evaluation and every dvc stage.')
 evaluate_app = typer.Typer(no_args_is_help=True, help='evaluators of sample folders: ADM, torch-fidelity FID, CLIP score, toy checks')
 bench_app = typer.Typer(no_args_is_help=True, help='benchmarks: toy GenEval / DPG-Bench, real GenEval / DPG-Bench / VBench')
-train_app = typer.Typer(no_args_is_help=True, help='train the toy base models (VQVAE, VAR, shapes network, CLIP, toy Infinity) and preview them')
+train_app = typer.Typer(no_args_is_help=True, help='train the toy base models (VQVAE, VAR, shapes network, CLIP, toy Infinity, toy InfinityStar) and preview them')
 app.add_typer(evaluate_app, name='evaluate'); app.add_typer(bench_app, name='bench'); app.add_typer(train_app, name='train')
 
 # %% ../../nbs/76_app.ipynb #ae2c4446
@@ -77,6 +77,11 @@ COMMANDS = [   # (group, name, typed function, errors reported as one line)
     (app, 'headline-compare', headline_compare_cmd, ERRORS),
     (app, 'headline-infinity-sample', headline_infinity.headline_infinity_sample_cmd, ERRORS),
     (app, 'headline-infinity-compare', headline_infinity.headline_infinity_compare_cmd, RUN_ERRORS),
+    (app, 'infinity-tune', infinity_study.infinity_tune_cmd, ERRORS),
+    (app, 'infinity-sample', infinity_study.infinity_sample_cmd, ERRORS),
+    (app, 'infinity-compare', infinity_study.infinity_compare_cmd, RUN_ERRORS),
+    (app, 'headline-video-sample', headline_video.headline_video_sample_cmd, ERRORS),
+    (app, 'headline-video-compare', headline_video.headline_video_compare_cmd, RUN_ERRORS),
     (evaluate_app, 'adm', evaluators.adm_cmd, RUN_ERRORS),
     (evaluate_app, 'fid', evaluators.fid_cmd, RUN_ERRORS),
     (evaluate_app, 'clipscore', evaluators.clipscore_cmd, RUN_ERRORS),
@@ -97,10 +102,17 @@ COMMANDS = [   # (group, name, typed function, errors reported as one line)
     (train_app, 'bsq', toy.train_bsq_cmd, ERRORS),
     (train_app, 'infinity', toy.train_infinity_cmd, ERRORS),
     (train_app, 'infinity-preview', toy.infinity_preview_cmd, ERRORS),
+    (train_app, 'video-tokenizer', toy.train_video_tokenizer_cmd, ERRORS),
+    (train_app, 'infinitystar', toy.train_infinitystar_cmd, ERRORS),
+    (train_app, 'infinitystar-preview', toy.infinitystar_preview_cmd, ERRORS),
 ]
 _GROUP = {id(evaluate_app): 'evaluate ', id(bench_app): 'bench ', id(train_app): 'train '}
 for _g, _name, _fn, _errors in COMMANDS: command(_g, _name, _fn, _errors, _GROUP.get(id(_g), '') + _name)
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    (file or sys.stderr).write(f"mvp-vpg: warning: {message}\n")
+
 def main(argv: list[str] | None = None):
-    "The `mvp-vpg` console script and `python -m mvp_vpg.stages`."
+    "The `mvp-vpg` console script and `python -m mvp_vpg.stages`; warnings are shown as one line each."
+    warnings.showwarning = _one_line_warning
     app(args=argv, prog_name='mvp-vpg')

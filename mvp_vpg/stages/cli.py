@@ -17,7 +17,7 @@ from ..vpg.guidance import VARIANTS, REDRAWS
 from ..utils.io import write_json
 from ..utils.images import read_rgb, save_grid
 from ..generation.layouts import index_name
-from ..generation.generate import class_conditions, var_sampler, generate_shard, batch_seed, check_resume
+from ..generation.generate import class_conditions, var_sampler, generate_shard, batch_seed, check_resume, empty_run_folder
 from .pipeline import guidance_from_spec
 from .t2i import MODELS, run_sample_t2i, run_sample_video
 
@@ -96,18 +96,21 @@ def run_sample(
     device: Annotated[str, _opt("'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...")] = 'auto',
     grid_cols: Annotated[Optional[int], _opt('grid columns (default: n-per-class, or 8)')] = None,
     progress: Annotated[bool, _opt('progress bar')] = True,
+    overwrite: Annotated[bool, _opt('replace a previous run with other settings in --out (default: refuse; the same settings resume)')] = False,
 ) -> Path:
     "Samples (optionally with VPG): VAR class-conditional (numbered PNGs, a grid, samples.json) or Infinity / HART text-to-image."
+    batch_seed(seed, 0)                                   # a bad --seed is named before any file is read
     if model == 'infinitystar':
         return run_sample_video(out, prompt, prompts, checkpoint, vae, text_encoder, params, n_per_prompt, cfg, star_guidance,
                                 1.0, 0.4 if tau is None else tau, seed, mode, preset, duration, duration_tag, suffix, None,
                                 vpg_lambda, vpg_p, vpg_variant, vpg_redraw,
                                 vpg_schedule if vpg_schedule == 'semantic' else parse_schedule(vpg_schedule),
-                                device=None if device == 'auto' else str(pick_device(device)), progress=progress)
+                                device=None if device == 'auto' else str(pick_device(device)), progress=progress, overwrite=overwrite)
     if model != 'var':
         return run_sample_t2i(model, out, prompt, prompts, checkpoint, vae, text_encoder, params, n_per_prompt, layout, batch_size,
                               cfg, tau, top_k, top_p, seed, mode, pn, 1.0, vpg_lambda, vpg_p, vpg_variant, vpg_redraw,
-                              parse_schedule(vpg_schedule), None if device == 'auto' else str(pick_device(device)), progress)
+                              parse_schedule(vpg_schedule), None if device == 'auto' else str(pick_device(device)), progress,
+                              overwrite=overwrite)
     if var is None or vae is None: raise ValueError("--model var needs --var and --vae (the VAR and VQVAE checkpoints)")
     if prompt or prompts: raise ValueError("--prompt/--prompts are for text-to-image models: add --model infinity or --model hart")
     cfg, top_k, top_p = 1.5 if cfg is None else cfg, 900 if top_k is None else top_k, 0.96 if top_p is None else top_p
@@ -124,8 +127,10 @@ def run_sample(
                 'seed': seed, 'cfg': cfg, 'cfg_ramp': cfg_ramp, 'top_k': top_k, 'top_p': top_p, 'more_smooth': more_smooth, 'mode': mode,
                 'vpg_lambda': vpg_lambda, 'vpg_p': vpg_p, 'vpg_variant': vpg_variant, 'vpg_redraw': vpg_redraw, 'vpg_schedule': vpg_schedule,
                 'guidance': repr(g), 'seed_rule': 'generator seed of batch b = seed*1000003 + b; batch b = images [b*bs, (b+1)*bs)'}))
-    out = Path(out); check_resume(out / 'samples.json', settings)
+    out = Path(out)
+    if check_resume(out / 'samples.json', settings, overwrite): empty_run_folder(out)
     (out / 'images').mkdir(parents=True, exist_ok=True)
+    write_json({'settings': settings, 'complete': False}, out / 'samples.json')   # a killed run is then resumable
     generate_shard(out / 'images', conds, var_sampler(v, q, g, top_k, top_p, mode, more_smooth=more_smooth), seed, batch_size,
                    progress=progress, desc='sampling')
     first = np.stack([read_rgb(out / 'images' / index_name(i)) for i in range(min(256, len(conds)))])

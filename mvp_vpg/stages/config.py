@@ -8,18 +8,19 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/config.html.md"""
 from __future__ import annotations
 import difflib, math, warnings
 from pathlib import Path
-from typing import Literal, Union
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from typing import Annotated, Literal, Union
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ..utils.params import load_params
 from ..mvp.config import mvp_section, run_params
 from ..vpg.guidance import VARIANTS, REDRAWS
 from ..toy.infinity_train import toy_infinity_section
+from ..toy.video_train import toy_video_section
 
 # %% auto #0
-__all__ = ['Count', 'Seeds', 'GENEVAL_CATEGORIES', 'PROFILE_KEYS', 'ConfigError', 'Section', 'VariantSpec', 'Sample', 'Headline',
-           'Data', 'Train', 'VQVAE', 'VARTrain', 'Evaluate', 'NpzToy', 'Sweep', 'BenchVPG', 'GenEvalToy', 'Tuned',
-           'DPGToy', 'T2IJob', 'BackboneJob', 'VideoJob', 'RealEval', 'Params', 'check_params', 'warn_unlikely',
-           'load_config', 'check_spec']
+__all__ = ['Count', 'Strength', 'Seeds', 'GENEVAL_CATEGORIES', 'PROFILE_KEYS', 'ConfigError', 'Section', 'VariantSpec', 'Sample',
+           'Headline', 'Data', 'Train', 'VQVAE', 'VARTrain', 'Evaluate', 'NpzToy', 'Sweep', 'BenchVPG', 'GenEvalToy',
+           'Tuned', 'DPGToy', 'T2IJob', 'BackboneJob', 'VideoJob', 'RealEval', 'Params', 'check_params',
+           'warn_unlikely', 'load_config', 'check_spec']
 
 # %% ../../nbs/78_config.ipynb #9ddac6ed
 class ConfigError(ValueError):
@@ -34,21 +35,24 @@ def _finite(v, what):
     if v is not None and not math.isfinite(v): raise ValueError(f"{what} must be a finite number, got {v}")
     return v
 
+# A guidance strength (cfg, VPG lambda): finite. Negative is legal (the guidance rule warns when it is built).
+Strength = Annotated[float, AfterValidator(lambda v: _finite(v, 'a guidance strength'))]
+
 # %% ../../nbs/78_config.ipynb #2ca2288a
 class VariantSpec(Section):
     "Sampler settings of a variant (overrides of `sample`) and its optional VPG settings."
-    cfg: float | None = Field(None, ge=0)
+    cfg: Strength | None = None
     cfg_ramp: Literal['linear', 'constant'] | None = None
     top_k: int | None = Field(None, ge=0)
     top_p: float | None = Field(None, ge=0, le=1)
     mode: Literal['reference', 'fast'] | None = None
-    vpg_lambda: float | None = None
+    vpg_lambda: Strength | None = None
     vpg_p: float | None = Field(None, ge=0, le=1)
     vpg_variant: Literal[VARIANTS] | None = None
     vpg_redraw: Literal[REDRAWS] | None = None
     vpg_schedule: Union[Literal['all'], int, list[int]] | None = None
 
-    @field_validator('cfg', 'vpg_lambda', 'top_p', 'vpg_p')
+    @field_validator('top_p', 'vpg_p')
     @classmethod
     def _finite_numbers(cls, v, info): return _finite(v, info.field_name)
 
@@ -63,11 +67,11 @@ class VariantSpec(Section):
 Seeds = list[int]
 
 class Sample(Section):
-    n_per_class: int = Count; batch_size: int = Count; cfg: float = Field(ge=0); top_k: int = Field(ge=0)
+    n_per_class: int = Count; batch_size: int = Count; cfg: Strength; top_k: int = Field(ge=0)
     top_p: float = Field(ge=0, le=1); seeds: Seeds = Field(min_length=1); mode: Literal['reference', 'fast']
 
 class Headline(Section):
-    n_per_class: int = Count; seeds: Seeds = Field(min_length=1); batch_size: int = Count; cfg: float = Field(ge=0)
+    n_per_class: int = Count; seeds: Seeds = Field(min_length=1); batch_size: int = Count; cfg: Strength
     vpg: VariantSpec; mvp_run: str; n_boot: int = Count
 
 class Data(Section):
@@ -136,6 +140,21 @@ class RealEval(Section):
     gpus: int = Count; t2i: dict[str, T2IJob]; clip_images: str; clip_texts: str; clip_n_per_text: int = Count
     geneval_images: str; dpg_images: str; dpg_resolution: int = Count; vbench_videos: str; backbones: dict[str, BackboneJob] = {}
     videos: dict[str, VideoJob] = {}
+    classes: str = ''       # comma-separated class ids the class-conditional generate stages draw ('' = every class)
+    tune: list[str] = []    # mvp_runs tuned on the real profile by real/dvc.yaml (tune@<run> -> outputs/real/tune/<run>)
+
+    @field_validator('classes')
+    @classmethod
+    def _class_ids(cls, v):
+        if not all(t.isdigit() for t in v.replace(' ', ',').split(',') if t): raise ValueError(f"classes must be comma-separated class ids >= 0 ('' = all), got {v!r}")
+        return v
+
+    @model_validator(mode='after')
+    def _expected(self):
+        "With a class subset the 50k protocol's count is known here: refuse a mismatch before any image is drawn."
+        n = len([t for t in self.classes.replace(' ', ',').split(',') if t]) * self.n_per_class
+        if n and n != self.expected: raise ValueError(f"expected = {self.expected} but classes x n_per_class gives {n} images")
+        return self
 
 # %% ../../nbs/78_config.ipynb #1971aa83
 PROFILE_KEYS = {'checkpoints', 'var', 'vae', 'inception', 'adm_evaluator', 'adm_ref', 'adm_python', 'data', 'blip2', 'clip',
@@ -180,6 +199,9 @@ class Params(Section):
     real_eval: RealEval | None = None
     toy_infinity: dict | None = None        # checked by toy.infinity_train's own section checker
     headline_infinity: dict | None = None   # checked by stages.headline_infinity
+    infinity_study: dict | None = None      # checked by stages.infinity_study (the toy Infinity part of the full study)
+    toy_video: dict | None = None           # checked by toy.video_train's own section checker
+    headline_video: dict | None = None      # checked by stages.headline_video's checker (called in check_params)
     profiles: dict
 
     @model_validator(mode='after')
@@ -193,6 +215,8 @@ class Params(Section):
         for where, used in uses:
             for v in used or []:
                 if v not in names: raise ValueError(f"{where}: variant {v!r} is not defined under variants{_nearest(v, names)}")
+        for r in (self.real_eval.tune if self.real_eval else []):
+            if r not in self.mvp_runs: raise ValueError(f"real_eval.tune: run {r!r} is not defined under mvp_runs{_nearest(r, self.mvp_runs)}")
         if self.headline and self.headline.mvp_run not in self.mvp_runs:
             raise ValueError(f"headline.mvp_run: {self.headline.mvp_run!r} is not a run under mvp_runs{_nearest(self.headline.mvp_run, self.mvp_runs)}")
         return self
@@ -223,6 +247,13 @@ def check_params(params: dict, source: str = 'params.yaml') -> Params:
     else:
         if cfg.toy_infinity is not None:          # the toy Infinity's own checker (defaults, nearest names)
             try: toy_infinity_section(params)
+            except ValueError as e: problems.append(str(e))
+        if cfg.toy_video is not None:             # the toy InfinityStar's own checker
+            try: toy_video_section(params)
+            except ValueError as e: problems.append(str(e))
+        if cfg.headline_video is not None:        # imported here: stages.headline_video reads the stage helpers, which read this module
+            from mvp_vpg.stages.headline_video import headline_video_section
+            try: headline_video_section(params)
             except ValueError as e: problems.append(str(e))
         for name in cfg.mvp_runs:                 # the mvp section with each run's overrides, through the mvp checker
             try: mvp_section(run_params(params, f'mvp_runs.{name}'))

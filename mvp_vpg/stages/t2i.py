@@ -92,7 +92,7 @@ def run_sample_t2i(model: str, out, prompt=None, prompts=None, checkpoint=None, 
                    tau: float | None = None, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                    mode: str = 'fast', pn: str = '1M', h_div_w: float = 1.0, vpg_lambda: float = 0.0, vpg_p: float = 0.5,
                    vpg_variant: str = 'full_embedding', vpg_redraw: str = 'per_scale', vpg_schedule='all',
-                   device=None, progress: bool = True, built=None) -> Path:
+                   device=None, progress: bool = True, built=None, overwrite: bool = False) -> Path:
     """Text-to-image samples of Infinity or HART into `out` (numbered PNGs + texts.txt, or GenEval / DPG-Bench layouts).
     `prompt`: texts given directly; `prompts`: a prompt file / DPG-Bench folder. `built`: (model, vae, encoder) already loaded."""
     p = load_config(params) if params is not None and Path(params).exists() else None
@@ -127,7 +127,7 @@ def run_sample_t2i(model: str, out, prompt=None, prompts=None, checkpoint=None, 
     info = {k: str(v) for k, v in (paths or {}).items()} | {'device': dev.type, 'torch': torch.__version__, 'mvp_vpg_command': ' '.join(sys.argv)}
     folder = tiles_dir(out) if layout == 'dpg' else Path(out)
     man = generate(folder, prompt_conditions(texts, n_per_prompt), sampler, seed, batch_size, settings, info,
-                   name=layout_name(layout, n_per_prompt), progress=progress)
+                   name=layout_name(layout, n_per_prompt), progress=progress, overwrite=overwrite)
     if dist_env()[0] != 0: return Path(out)          # under torchrun, rank 0 checks the whole folder and writes the layout
     if not man['complete']: raise RuntimeError(f"{out}: {man['n_missing']} images missing: run the same command again to resume")
     finish_layout(out, layout, texts, metas, names, n_per_prompt)
@@ -150,7 +150,7 @@ def run_sample_video(out, prompt=None, prompts=None, checkpoint=None, vae=None, 
                      tau_video: float = 0.4, seed: int = 0, mode: str = 'fast', preset: str = '720p', duration: int = 5,
                      duration_tag: bool = False, suffix: bool = False, dimensions=None, vpg_lambda: float = 0.0,
                      vpg_p: float = 0.5, vpg_variant: str = 'full_embedding', vpg_redraw: str = 'per_scale', vpg_schedule='all',
-                     fps: int = 16, device=None, progress: bool = True, built=None, schedule=None) -> Path:
+                     fps: int = 16, device=None, progress: bool = True, built=None, schedule=None, overwrite: bool = False) -> Path:
     """InfinityStar videos into `out` in VBench's layout. `prompt`: texts (named by the text); `prompts`: a VBench info
     JSON. `built`: (model, video VAE, text encoder) already loaded; `schedule`: steps overriding `preset`/`duration`."""
     from mvp_vpg.evaluation.vbench import read_vbench_info, vbench_prompts
@@ -177,6 +177,6 @@ def run_sample_video(out, prompt=None, prompts=None, checkpoint=None, vae=None, 
     settings = {'model': 'infinitystar', 'guidance': repr(g), 'cfg': cfg, 'tau_image': tau_image, 'tau_video': tau_video, 'mode': mode,
                 'preset': preset if schedule is None else 'custom', 'duration': duration, 'n_steps': len(steps),
                 'files_sha256': {k: file_hash(v) for k, v in (paths or {}).items() if Path(v).is_file()}}
-    man = generate_videos(out, items, sampler, seed, settings, fps=fps, progress=progress)
+    man = generate_videos(out, items, sampler, seed, settings, fps=fps, progress=progress, overwrite=overwrite)
     if not man['complete']: raise RuntimeError(f"{out}: videos missing: run the same command again to resume")
     return Path(out)

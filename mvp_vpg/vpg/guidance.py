@@ -74,7 +74,7 @@ class VPG(Guidance):
         if redraw not in REDRAWS: raise ValueError(f"redraw must be one of {REDRAWS}, got {redraw!r}")
         p = check_finite_number(p, 'corruption fraction p')
         if not 0 <= p <= 1: raise ValueError(f"corruption fraction p must be in [0, 1], got {p}")
-        self.lam, self.p = check_finite_number(lam, 'VPG lambda', 0.0), p
+        self.lam, self.p = check_finite_number(lam, 'VPG lambda', warn_below=0.0), p
         self.variant, self.redraw, self.schedule = variant, redraw, schedule
         self.base = CFG(1.5) if base is None else base
         self.window = schedule_window(schedule, self.lam)
