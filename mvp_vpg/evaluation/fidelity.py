@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 import torch
-import torch_fidelity
 from ..utils.params import need_path
 from ..utils.images import read_rgb
 from .adm import numbered_images
@@ -62,6 +61,7 @@ def fidelity_input(x):
 def inception_metrics(gen, ref, weights, isc: bool = True, kid: bool = True, prc: bool = True, cuda: bool | None = None,
                       batch_size: int = 64, verbose: bool = False) -> dict:
     "FID / IS / KID / precision-recall of `gen` vs `ref` with torch-fidelity's Inception and local weights."
+    import torch_fidelity   # imported when used: torch-fidelity imports torchvision (seconds at every CLI start)
     w = need_path(weights, 'inception')
     (in1, n1), (in2, n2) = fidelity_input(gen), fidelity_input(ref)
     if min(n1, n2) < 2: raise ValueError(f"need at least 2 images on each side, got {n1} and {n2}")

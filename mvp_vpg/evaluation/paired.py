@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numpy as np
 import torch
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric, KEY_METRIC_FID
+
 
 # %% auto #0
 __all__ = ['T975', 'fid_stats', 'fid', 't_interval', 'paired_difference', 'paired_accuracy', 'compare_variants', 'paired_table',
@@ -18,12 +18,14 @@ __all__ = ['T975', 'fid_stats', 'fid', 't_interval', 'paired_difference', 'paire
 # %% ../../nbs/59_paired.ipynb #7f6cb652
 def fid_stats(features) -> dict:
     "Mean and covariance of features (N, d) as torch-fidelity computes them (float64)."
+    from torch_fidelity.metric_fid import fid_features_to_statistics   # imported when used: torch-fidelity imports torchvision (seconds at every CLI start)
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or len(f) < 2: raise ValueError(f"features must be (N >= 2, d), got shape {f.shape}")
     return fid_features_to_statistics(torch.from_numpy(f))
 
 def fid(features, ref_stats: dict) -> float:
     "Fréchet distance between features (N, d) and reference statistics."
+    from torch_fidelity.metric_fid import fid_statistics_to_metric, KEY_METRIC_FID
     return float(fid_statistics_to_metric(fid_stats(features), ref_stats, verbose=False)[KEY_METRIC_FID])
 
 # %% ../../nbs/59_paired.ipynb #21522a94

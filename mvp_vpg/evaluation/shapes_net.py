@@ -15,9 +15,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
-from torch_fidelity import calculate_metrics
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from ..utils.params import load_params
 from ..data import shapes
 from ..data.shapes import CLASSES, COLORS, SHAPES, PROMPT_CATEGORIES, Scene, build_split, render_scene, check_prompt
@@ -27,7 +24,7 @@ from ..models.checkpoints import save_artifact, read_artifact_config, read_state
 # %% auto #0
 __all__ = ['COLOR_NAMES', 'N_CELL_OUT', 'to_input', 'cell_targets', 'ScorerConfig', 'ShapesNet', 'save_scorer', 'load_scorer',
            'predict', 'cells_to_objects', 'detect_objects', 'score_detections', 'geneval_score',
-           'ShapesFeatureExtractor', 'register_shapes_extractor', 'UInt8Images', 'load_image_folder',
+           'shapes_feature_extractor', 'register_shapes_extractor', 'UInt8Images', 'load_image_folder',
            'fidelity_metrics', 'multi_object_scene', 'multi_object_data', 'split_data', 'scorer_loss',
            'evaluate_scorer', 'train_scorer', 'class_hits', 'class_accuracy', 'class_accuracy_of_folder']
 
@@ -136,32 +133,42 @@ def geneval_score(images, items: list, scorer, threshold: float = 0.5) -> dict:
     return score_detections(detect_objects(images, scorer, threshold), items)
 
 # %% ../../nbs/12_scorer.ipynb #86348e2a
-class ShapesFeatureExtractor(FeatureExtractorBase):
-    "torch-fidelity feature extractor backed by a trained `ShapesNet` (features for FID/KID/PRC, logits for IS)."
-    default_folder = None
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        folder = feature_extractor_weights_path or self.default_folder
-        if folder is None: raise ValueError("ShapesFeatureExtractor needs a scorer folder (feature_extractor_weights_path)")
-        self.net = load_scorer(folder)
+def shapes_feature_extractor() -> type:
+    """The torch-fidelity feature extractor class backed by a trained `ShapesNet` (features for FID/KID/PRC, logits
+    for IS). Built on first use: importing torch-fidelity imports torchvision, which costs every CLI start seconds."""
+    global _EXTRACTOR
+    if _EXTRACTOR is not None: return _EXTRACTOR
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-    @staticmethod
-    def get_provided_features_list(): return ('features', 'logits')
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric): return {'isc': 'logits'}.get(metric, 'features')
-    @staticmethod
-    def can_be_compiled(): return False
-    @staticmethod
-    def get_dummy_input_for_compile(): return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    class ShapesFeatureExtractor(FeatureExtractorBase):
+        default_folder = None
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            folder = feature_extractor_weights_path or self.default_folder
+            if folder is None: raise ValueError("ShapesFeatureExtractor needs a scorer folder (feature_extractor_weights_path)")
+            self.net = load_scorer(folder)
 
-    def forward(self, x):
-        if x.dtype != torch.uint8: raise ValueError(f"torch-fidelity passes uint8 images, got {x.dtype}")
-        out = self.net(to_input(x, self.net.cfg.image_size))
-        return tuple(out[f].double() for f in self.features_list)
+        @staticmethod
+        def get_provided_features_list(): return ('features', 'logits')
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric): return {'isc': 'logits'}.get(metric, 'features')
+        @staticmethod
+        def can_be_compiled(): return False
+        @staticmethod
+        def get_dummy_input_for_compile(): return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+
+        def forward(self, x):
+            if x.dtype != torch.uint8: raise ValueError(f"torch-fidelity passes uint8 images, got {x.dtype}")
+            out = self.net(to_input(x, self.net.cfg.image_size))
+            return tuple(out[f].double() for f in self.features_list)
+    _EXTRACTOR = ShapesFeatureExtractor
+    return _EXTRACTOR
+_EXTRACTOR = None
 
 def register_shapes_extractor(folder=None, name: str = 'shapes-net') -> str:
-    "Register `ShapesFeatureExtractor` with torch-fidelity under `name` (default weights: `folder`); returns `name`."
-    cls = type(f'ShapesFeatureExtractor_{name}', (ShapesFeatureExtractor,), {'default_folder': None if folder is None else str(folder)})
+    "Register the `shapes_feature_extractor()` class with torch-fidelity under `name` (default weights: `folder`); returns `name`."
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+    cls = type(f'ShapesFeatureExtractor_{name}', (shapes_feature_extractor(),), {'default_folder': None if folder is None else str(folder)})
     if name in FEATURE_EXTRACTORS_REGISTRY: FEATURE_EXTRACTORS_REGISTRY[name] = cls   # re-register (new default folder)
     else: register_feature_extractor(name, cls)
     return name
@@ -191,6 +198,7 @@ def _fidelity_input(x):
 def fidelity_metrics(gen, ref, scorer_folder, isc: bool = True, kid: bool = True, prc: bool = True, cuda=None,
                      batch_size: int = 256, name: str = 'shapes-net', verbose: bool = False) -> dict:
     "FID, IS, KID and precision/recall of `gen` against `ref` (folders, datasets or uint8 arrays) with torch-fidelity."
+    from torch_fidelity import calculate_metrics
     (in1, n1), (in2, n2) = _fidelity_input(gen), _fidelity_input(ref)
     if min(n1, n2) < 4: raise ValueError(f"need at least 4 images on each side, got {n1} and {n2}")
     register_shapes_extractor(scorer_folder, name)

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-import open_clip
 from ..utils.params import load_params, MissingAsset, ASSETS, need_path
 from ..data.shapes import CLASSES, build_split, make_sentence
 from ..utils.images import to_float_images
@@ -37,6 +36,7 @@ _CFG_DIR = None
 
 def register_toy_clip_config(name: str = TOY_CLIP_NAME, cfg: dict | None = None) -> str:
     "Make `cfg` (default `TOY_CLIP_CFG`) an open_clip model name via `add_model_config`; returns `name`."
+    import open_clip   # imported when used: open_clip adds seconds to every CLI start
     global _CFG_DIR
     cfg = TOY_CLIP_CFG if cfg is None else cfg
     if open_clip.get_model_config(name) == cfg: return name
@@ -95,6 +95,7 @@ def save_toy_clip(model, folder, cfg: dict | None = None, extra: dict | None = N
 
 def load_toy_clip(folder, device='cpu') -> tuple:
     "(model in eval mode, PIL preprocess transform, tokenizer) of a saved toy CLIP folder, offline."
+    import open_clip
     folder = Path(folder)
     if not (folder / 'open_clip_config.json').exists():
         raise FileNotFoundError(f"no toy CLIP at {folder}: train one with `mvp-vpg train clip --out {folder}`")
@@ -104,6 +105,7 @@ def load_toy_clip(folder, device='cpu') -> tuple:
 # %% ../../nbs/13_toy_clip.ipynb #66fb0ad2
 def load_clip(clip='toy', model_name: str | None = None, toy_dir='data/toy/clip', device='cpu') -> tuple:
     "(model, tokenizer) from 'toy', a local-dir open_clip folder, or a weights file + `model_name`; offline."
+    import open_clip
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     if clip == 'toy':
         p = need_path(toy_dir, 'clip', "the toy CLIP folder: `dvc repro train_clip` (or `mvp-vpg train clip`)")
@@ -134,6 +136,7 @@ def evaluate_toy_clip(model, tokenizer, images, labels, records, seed: int = 0) 
 def train_clip(params, out=None, steps: int | None = None, n_train: int | None = None, n_val: int | None = None,
                threads: int | None = None, progress: bool = True) -> tuple:
     "Train the toy CLIP with `params['clip']` (steps, batch_size, lr, seed) on the Shapes train split; save to `out`."
+    import open_clip
     P = _load_params(params); cp, dp = P['clip'], P['data']
     steps = int(steps or cp['steps']); bs = int(cp['batch_size']); lr = float(cp['lr']); seed = int(cp.get('seed', 0))
     n_train = int(n_train or dp['n_train']); n_val = int(n_val or dp['n_val'])

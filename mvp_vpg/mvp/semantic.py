@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
-import open_clip
 from ..models.toy_clip import TOY_PREPROCESS_CFG
 
 # %% auto #0
@@ -96,6 +95,7 @@ def contrastive_loss(image_features, text_features, logit_scale, text_ids=None):
     """Symmetric image↔text InfoNCE (the mean of both cross-entropies). `text_ids` (N,) marks rows that share one text:
     the loss then contrasts against the distinct texts, and text→image scores the probability of any of the text's
     images (MIL-NCE). Without repeats it is `open_clip.ClipLoss` exactly."""
+    import open_clip   # imported when used: open_clip adds seconds to every CLI start
     N = image_features.shape[0]
     if text_features.shape[0] != N: raise ValueError(f"{N} images but {text_features.shape[0]} texts")
     if text_ids is None or len(torch.unique(text_ids)) == N:

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.utils import make_grid
 from .io import atomic_write
 
 # %% auto #0
@@ -50,6 +49,7 @@ def read_rgb(path) -> np.ndarray:
 # %% ../../nbs/04_images.ipynb #e0a35a7d
 def save_grid(images: torch.Tensor, path, nrow: int = 8, padding: int = 2) -> Path:
     "Tile images (B, 3, H, W) in [0, 1] into one PNG."
+    from torchvision.utils import make_grid   # imported when used: torchvision adds seconds to every CLI start
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding, pad_value=1.0)
     return save_png(to_uint8(grid[None])[0], path)
 
