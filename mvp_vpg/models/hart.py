@@ -140,8 +140,10 @@ class HARTForT2I(nn.Module):
         return ctx_emb.amax(1)
 
     def level_rows(self):
-        "lvl_embed of every level 0..K-1 (K, C); level 0 = the context."
-        return self.lvl_embed(torch.arange(self.K, device=self.head.weight.device))
+        """lvl_embed of every level 0..K-1 (K, C); level 0 = the context. Embedded over the whole `lvl_1L` row, as the
+        official sampler does, then one row per level: a float32 matmul over K rows rounds differently."""
+        lvl = self.lvl_1L[0]
+        return self.lvl_embed(lvl)[torch.searchsorted(lvl, torch.arange(self.K, device=lvl.device))]
 
     def context_rope(self, position_ids):
         return rope_1d(position_ids, self.hd)
@@ -150,9 +152,10 @@ class HARTForT2I(nn.Module):
         """cos, sin (R, l, hd) for scale si: `pos` (R, l) = which cell (row-major) of the pn x pn grid each token takes,
         `shift` (R,) = the row's last context position id."""
         pn, P = self.patch_nums[si], self.patch_nums[-1]
-        r, c = (pos // pn).float(), (pos % pn).float()
+        pos = pos.long()
         s = shift.float()[:, None]
-        return rope_2d(r * (P / pn) + s, c * (P / pn) + s, self.hd)
+        # official float32 order: (index / pn) * P, then + shift (r * (P / pn) rounds differently for some cells)
+        return rope_2d((pos // pn) / pn * P + s, (pos % pn) / pn * P + s, self.hd)
 
     def run_blocks(self, x, cos, sin, attn_bias=None, cache: KVCache | None = None):
         "The residual stream after the last block (R, n, C) (the diffusion condition reads it, before `head_nm`)."
