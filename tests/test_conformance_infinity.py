@@ -60,8 +60,12 @@ def test_teacher_forward(models, rec, text):
         assert (model.text_features(text).cond - rec['teacher.sos_pool']).abs().max() <= 1e-6
         logits = model(text, rec['teacher.x_BLC_wo_prefix'], SCHED)
         err = (logits - rec['teacher.logits']).abs()
-        # bf16 flips: the official code's own KV-cached path differs from its teacher forward by up to 1.5e-3
-        assert err.max() <= 3e-3 and err.median() <= 1e-4, err.max()
+        # Our casts are the official ones (q, k/v and the kernel output rounded to bf16, fp32 kernel): max 2.29e-3,
+        # median 1.1e-6 on an AVX512 CPU. The max comes from a few bf16 rounding flips set off by ulp-level differences
+        # between CPU kernels, so 2e-3 cannot hold everywhere: 1-ulp noise on the text gives maxima 1.2e-3..2.7e-3
+        # (median 2.3e-3), MKL_CBWR=COMPATIBLE 1.4e-3; the official code's own two paths differ by 1.5e-3. The median
+        # tells the cast pattern apart: a bf16 kernel, bf16 probabilities or no output rounding give medians >= 1.2e-3.
+        assert err.max() <= 3e-3 and err.median() <= 2e-5, (err.max(), err.median())
         model.cfg.bf16_cross_attn = False
         for mod in model.modules():
             if hasattr(mod, 'bf16_round'): mod.bf16_round = False
@@ -70,7 +74,7 @@ def test_teacher_forward(models, rec, text):
             model.cfg.bf16_cross_attn = True
             for mod in model.modules():
                 if hasattr(mod, 'bf16_round'): mod.bf16_round = True
-    assert (plain - rec['teacher.logits_nobf16ca']).abs().max() <= 2e-5
+    assert (plain - rec['teacher.logits_nobf16ca']).abs().max() <= 1e-5     # measured 2.9e-6..5.6e-6 across CPU dispatch paths
 
 def _teacher_forced(bb, rec, text, j, cfg):
     "KV-cached steps on the recorded bits of setting j -> CFG-combined logits, word_embed inputs, x_block0, final state."
