@@ -76,6 +76,34 @@ def test_teacher_forward(models, rec, text):
                 if hasattr(mod, 'bf16_round'): mod.bf16_round = True
     assert (plain - rec['teacher.logits_nobf16ca']).abs().max() <= 1e-5     # measured 2.9e-6..5.6e-6 across CPU dispatch paths
 
+_COMPATIBLE_CHECK = """
+import json, sys, torch
+from safetensors.torch import load_file
+from mvp_vpg.models.infinity import Infinity, infer_infinity_config
+from mvp_vpg.models.infinity_layers import TextCond
+d = sys.argv[1]; meta = json.load(open(d + '/infinity_A.json')); rec = load_file(d + '/infinity_A.safetensors')
+sub = {k[9:]: v for k, v in rec.items() if k.startswith('infinity.')}
+m = Infinity(infer_infinity_config(sub)).eval(); m.load_state_dict(sub, strict=True)
+text = TextCond(rec['text.kv_compact'], rec['text.lens'])
+with torch.no_grad():
+    pool_exact = torch.equal(m.text_features(text).cond, rec['teacher.sos_pool'])
+    err = (m(text, rec['teacher.x_BLC_wo_prefix'], [tuple(s[1:]) for s in meta['scale_schedule']]) - rec['teacher.logits']).abs()
+print(json.dumps({'pool_exact': pool_exact, 'max': err.max().item(), 'median': err.median().item()}))
+"""
+
+def test_teacher_forward_on_the_recorders_kernel_path():
+    """The issue's 2e-3 bound, on MKL's reproducible code path (MKL_CBWR=COMPATIBLE), which is the path the recording
+    machine's kernels match (there the text pool is bit-exact). The bf16 roundings of the official cross-attention
+    then flip as they did when recorded: 1.43e-3 max measured (2.29e-3 on this CPU's default AVX-512 path)."""
+    import os, subprocess, sys
+    r = subprocess.run([sys.executable, '-c', _COMPATIBLE_CHECK, str(DATA)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, 'MKL_CBWR': 'COMPATIBLE', 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    if not res['pool_exact']:   # this CPU/MKL does not reproduce the recorder's kernels even on the compatible path
+        pytest.skip(f"MKL_CBWR=COMPATIBLE does not reproduce the recorder's text pool here (max {res['max']:.2e})")
+    assert res['max'] <= 2e-3 and res['median'] <= 2e-5, res
+
 def _teacher_forced(bb, rec, text, j, cfg):
     "KV-cached steps on the recorded bits of setting j -> CFG-combined logits, word_embed inputs, x_block0, final state."
     B, two = len(text), cfg != 1
