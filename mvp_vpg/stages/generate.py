@@ -80,6 +80,7 @@ def generate_cmd(
     progress: Annotated[bool, _opt('progress bars')] = True,
     max_batches: Annotated[Optional[int], _opt('stop after drawing this many batches (tests)', hidden=True)] = None,
     hang_at_max: Annotated[bool, _opt('block instead of stopping at --max-batches (tests)', hidden=True)] = False,
+    overwrite: Annotated[bool, _opt('replace a previous run with other settings in --out (default: refuse; the same settings resume)')] = False,
 ) -> None:
     """Sharded, resumable class- or text-conditional generation of a params.yaml variant (run under torchrun for several
     processes): numbered PNGs or a benchmark layout, byte-identical whatever the number of processes."""
@@ -120,7 +121,7 @@ def generate_cmd(
         name = layout_name(layout, n_per_prompt)
         if layout == 'dpg': folder = tiles_dir(out)
     man = generate(folder, conds, sampler, seed, bs, settings, info, name=name, max_batches=max_batches,
-                   on_max='hang' if hang_at_max else 'stop', progress=progress)
+                   on_max='hang' if hang_at_max else 'stop', progress=progress, overwrite=overwrite)
     if rank != 0: return
     if man['complete'] and task == 't2i': finish_layout(out, layout, texts, metas, names, n_per_prompt)
     msg = 'complete' if man['complete'] else f"incomplete ({man['n_missing']} missing): run again to resume"
