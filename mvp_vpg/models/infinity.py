@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, asdict
 from pathlib import Path
+from types import SimpleNamespace
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file
@@ -124,9 +125,11 @@ class Infinity(nn.Module):
         return self.get_logits(self.run_blocks(x, feats, rope, None, cache)[:, skip:], feats.cond)
 
     # --- teacher forcing ---
-    def forward(self, text: TextCond | tuple, x_BLd, schedule=None, h_div_w: float = 1.0):
+    def forward(self, text: TextCond | tuple, x_BLd, schedule=None, h_div_w: float = 1.0, prompt=None):
         """Block-causal teacher-forced logits (B, L, 2d): SOS, then word_embed of `x_BLd` (B, L - 1, d) = the features of
-        scales 1..K-1 (row-major). `schedule`: the (h, w) list (default: as many scales of the 1M schedule as fit)."""
+        scales 1..K-1 (row-major). `schedule`: the (h, w) list (default: as many scales of the 1M schedule as fit).
+        `prompt` (an MVP prompt): `offset(si)` (h*w, C) is added to scale si's input embeddings as the sampler's step adds
+        it; `prefix_tokens` (B, P, C) run in front of the SOS at level 0 with the identity rotation (their logits dropped)."""
         text = text if isinstance(text, TextCond) else TextCond.from_tuple(text)
         B, L = x_BLd.shape[0], x_BLd.shape[1] + 1
         schedule = schedule or _fit_schedule(h_div_w, L)
@@ -136,9 +139,25 @@ class Infinity(nn.Module):
         x = torch.cat((self.sos(feats), self.word_embed(x_BLd.float())), 1)
         lvl = torch.cat([torch.full((n,), si, device=x.device) for si, n in enumerate(sizes)])
         x = x + self.lvl_embed(lvl)
-        mask = torch.where(lvl[:, None] >= lvl[None, :], 0.0, -torch.inf).to(x.dtype)
         rope = rope_table(self.cfg.head_dim, h_div_w, x.device)[:, None, None, :L]
-        return self.get_logits(self.run_blocks(x, feats, rope, mask), feats.cond)
+        P = 0
+        if prompt is not None:
+            x, lvl, rope, P = self._add_prompt(prompt, text, schedule, x, lvl, rope)
+        mask = torch.where(lvl[:, None] >= lvl[None, :], 0.0, -torch.inf).to(x.dtype)
+        return self.get_logits(self.run_blocks(x, feats, rope, mask)[:, P:], feats.cond)
+
+    def _add_prompt(self, prompt, text, schedule, x, lvl, rope):
+        "Prompt offsets on the scale inputs (text untouched); prefix tokens at level 0 with cos 1 / sin 0 rows."
+        pyramid = SimpleNamespace(C=self.C, patch_nums=tuple(h for h, w in schedule) if all(h == w for h, w in schedule) else None)
+        prompt.check_compatible(pyramid)
+        offs = [prompt.offset(si) for si in range(len(schedule))]
+        if any(o is not None for o in offs):
+            x = x + torch.cat([x.new_zeros(h * w, self.C) if o is None else o.to(x.dtype) for o, (h, w) in zip(offs, schedule)])
+        pre = prompt.prefix_tokens(text) if prompt.n_prefix() else None
+        if pre is None: return x, lvl, rope, 0
+        P = pre.shape[1]
+        ident = torch.stack((torch.ones_like(rope[0, ..., :1, :]), torch.zeros_like(rope[0, ..., :1, :]))).expand(2, 1, 1, P, -1)
+        return (torch.cat((pre.to(x.dtype), x), 1), torch.cat((lvl.new_zeros(P), lvl)), torch.cat((ident, rope), 3), P)
 
 def _fit_schedule(h_div_w, L):
     full, n = scale_schedule(h_div_w, '1M'), 0

@@ -1,4 +1,4 @@
-"""One method around a frozen VAR — what it trains, the training loop (sharded over torchrun ranks, resumable) and its train state.
+"""One method around a frozen VAR (or, prompts only, another next-scale backbone) — what it trains, the teacher-forcing adapter per backbone, the training loop (sharded over torchrun ranks, resumable) and its train state.
 
 Docs: https://mvp-vpg.github.io/mvp_vpg/tuner.html.md"""
 
@@ -28,34 +28,48 @@ from .baselines import check_qlora_available, add_lora
 from .artifacts import save_tuned, read_tuned
 
 # %% auto #0
-__all__ = ['Tuner', 'load_tuned', 'save_state', 'load_state', 'read_state_meta', 'eval_ce', 'train_tuner']
+__all__ = ['PROMPT_METHODS', 'Tuner', 'load_tuned', 'save_state', 'load_state', 'read_state_meta', 'Teacher', 'VARTeacher',
+           'as_teacher', 'eval_ce', 'train_tuner']
 
 # %% ../../nbs/47_tuner.ipynb #ee51eee8
+PROMPT_METHODS = ('mvp', 'prefilled')
+
 class Tuner:
     """One method around a VAR: `prompt` (mvp / prefilled), LoRA layers inside `var` (lora / qlora), the whole `var` (full),
-    and for t2i the `adapter`. `logits(...)` is the teacher-forced forward; `trainable()` what the optimizer sees."""
+    and for t2i the `adapter`. `logits(...)` is the teacher-forced forward; `trainable()` what the optimizer sees.
+    `var` may also be another backbone's `NextScaleBackbone` (e.g. `InfinityBackbone`, task t2i): then prompts only, sized
+    for and checked against it (`host`), on its frozen `.model` (kept as `var`); it reads its own text, so no adapter."""
     def __init__(self, var: VAR, method: str, task: str = 'c2i', cfg: dict | None = None, text_dim: int | None = None):
         cfg = mvp_section({}) if cfg is None else cfg
         if method not in METHODS + ('base',): raise ValueError(f"method must be one of {METHODS} or 'base', got {method!r}")
         if task not in TASKS: raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if method == 'qlora': check_qlora_available()   # fail before anything is built
+        self.host = var
+        if not isinstance(var, VAR):
+            if method not in PROMPT_METHODS + ('base',) or not isinstance(getattr(var, 'model', None), nn.Module):
+                raise ValueError(f"a {type(var).__name__} tunes prompts only ({', '.join(PROMPT_METHODS)}) and needs its nn.Module as "
+                                 f"`.model`; got method {method!r} (lora / full tune a VAR)")
+            var = var.model
         self.var, self.method, self.task, self.cfg = var, method, task, cfg
         self.prompt = self.adapter = None
         self.lora = None
         var.eval()
         for p in var.parameters(): p.requires_grad_(method == 'full')
         pkw = dict(tau=cfg['tau'], first_scale=cfg['first_scale'], init_std=cfg['init_std'], seed=cfg['prompt_seed'])
-        dev = var.pos_1LC.device
+        dev = self.device
         if method == 'qlora': dev = torch.device('cuda', torch.cuda.current_device())   # quantize_4bit_ moves the VAR there
-        if method == 'mvp': self.prompt = MultiScalePrompt.for_model(var, placement=cfg['placement'], **pkw).to(dev)
-        elif method == 'prefilled': self.prompt = PrefilledPrompt.for_model(var, **pkw).to(dev)
+        if method == 'mvp': self.prompt = MultiScalePrompt.for_model(self.host, placement=cfg['placement'], **pkw).to(dev)
+        elif method == 'prefilled': self.prompt = PrefilledPrompt.for_model(self.host, **pkw).to(dev)
         elif method in ('lora', 'qlora'):
             torch.manual_seed(cfg['seed'])   # peft draws lora_A from the global generator: seed it, as for the t2i adapter
             self.lora = add_lora(var, cfg['lora_rank'], cfg['lora_alpha'], cfg['lora_dropout'], cfg['lora_targets'], quantize=method == 'qlora')
-        if task == 't2i':
+        if task == 't2i' and self.host is var:   # a VAR reads text through a trained adapter
             if text_dim is None: raise ValueError("task t2i needs text_dim (the CLIP text embedding size)")
             torch.manual_seed(cfg['seed'])
             self.adapter = TextAdapter.for_model(var, text_dim, cfg['adapter_hidden']).to(dev)
+
+    @property
+    def device(self) -> torch.device: return self.var.pos_1LC.device if isinstance(self.var, VAR) else self.host.device
 
     def named_trainable(self) -> list:
         out = []
@@ -118,6 +132,7 @@ def load_tuned(folder, var: VAR, device='cpu') -> Tuner:
     p = read_tuned(folder, var, device)
     t = Tuner.__new__(Tuner)
     t.var, t.method, t.task, t.cfg, t.prompt, t.adapter, t.lora = p['var'], p['method'], p['task'], None, p['prompt'], p['adapter'], p['lora']
+    t.host = t.var
     return t
 
 # %% ../../nbs/47_tuner.ipynb #1c5afa88
@@ -152,23 +167,49 @@ def read_state_meta(folder) -> dict | None:
     f = Path(folder) / 'state.json'
     return json.loads(f.read_text()) if f.exists() else None
 
+# %% ../../nbs/47_tuner.ipynb #f3a9c2d1
+class Teacher:
+    """What `train_tuner` / `eval_ce` need of a backbone: a batch of `TuningData` -> teacher-forcing inputs and targets,
+    the (prompted or bare) teacher-forced logits, the training losses and per-example (CE, accuracy)."""
+    semantic = False     # whether MVP's CLIP terms (which decode the logits) apply
+    def inputs(self, tuner, d: TuningData) -> tuple: raise NotImplementedError
+    def logits(self, tuner, x_in, d: TuningData, text_emb=None, drop=None, base: bool = False): raise NotImplementedError
+    def losses(self, logits, targets, cfg: dict) -> dict: raise NotImplementedError
+    def row_scores(self, logits, targets) -> tuple: raise NotImplementedError
+
+class VARTeacher(Teacher):
+    "VAR: the VQVAE's multi-scale tokens -> the VAR's inputs, token targets (B, L); MVP's token CE (+ CLIP terms)."
+    semantic = True
+    def __init__(self, vae): self.vae = vae
+    def inputs(self, tuner, d):
+        idx = split_tokens(d.tokens.to(tuner.device), tuner.var.patch_nums)
+        with torch.no_grad(): x_in = self.vae.quantize.var_inputs(idx)
+        return x_in, torch.cat(idx, 1)
+    def logits(self, tuner, x_in, d, text_emb=None, drop=None, base=False):
+        labels = d.labels.to(tuner.device)
+        return tuner.var(labels, x_in) if base else tuner.logits(x_in, labels=labels, text_emb=text_emb, drop=drop)
+    def losses(self, logits, targets, cfg): return mvp_loss(logits.float(), targets, label_smoothing=cfg['label_smoothing'])
+    def row_scores(self, logits, targets):
+        return (F.cross_entropy(logits.float().transpose(1, 2), targets, reduction='none').mean(1),
+                (logits.argmax(-1) == targets).float().mean(1))
+
+def as_teacher(vae) -> Teacher:
+    "A `Teacher` as is; anything else is the VAR's VQVAE."
+    return vae if isinstance(vae, Teacher) else VARTeacher(vae)
+
 # %% ../../nbs/47_tuner.ipynb #37227e79
 @torch.no_grad()
 def eval_ce(tuner: Tuner, vae, data: TuningData, batch_size: int = 250, base: bool = False) -> dict:
-    "Teacher-forced CE and token accuracy (true conditions, no dropout) of the tuner — or of the bare VAR (`base`, c2i)."
-    var = tuner.var
-    dev = var.pos_1LC.device
+    """Teacher-forced CE and accuracy (true conditions, no dropout) of the tuner — or of the bare backbone (`base`; not with
+    a t2i adapter). `vae`: the VAR's VQVAE or a backbone's `Teacher` (accuracy: of tokens, or of bits)."""
+    teacher = as_teacher(vae)
     ce = acc = 0.0
     for b in range(0, len(data), batch_size):
         d = data.subset(range(b, min(b + batch_size, len(data))))
-        idx = split_tokens(d.tokens.to(dev), var.patch_nums)
-        gt = torch.cat(idx, 1)
-        x_in = vae.quantize.var_inputs(idx)
-        if base: lg = var(d.labels.to(dev), x_in)
-        elif tuner.task == 't2i': lg = tuner.logits(x_in, text_emb=d.caption_emb)
-        else: lg = tuner.logits(x_in, labels=d.labels.to(dev))
-        ce += F.cross_entropy(lg.float().transpose(1, 2), gt, reduction='none').mean(1).sum().item()
-        acc += (lg.argmax(-1) == gt).float().mean(1).sum().item()
+        x_in, gt = teacher.inputs(tuner, d)
+        lg = teacher.logits(tuner, x_in, d, text_emb=d.caption_emb if tuner.adapter is not None else None, base=base)
+        c, a = teacher.row_scores(lg, gt)
+        ce += c.sum().item(); acc += a.sum().item()
     return dict(ce=ce / len(data), acc=acc / len(data))
 
 # %% ../../nbs/47_tuner.ipynb #2a244b87
@@ -180,16 +221,16 @@ def _fp(tuner, cfg, data):
 def train_tuner(tuner: Tuner, vae, data: TuningData, cfg: dict, out, *, semantic: SemanticRefinement | None = None,
                 val: TuningData | None = None, stop_at: int | None = None, progress: bool = True, log=print,
                 save_artifacts: bool = True, extra: dict | None = None) -> dict:
-    """Train `tuner` on `data` for `cfg['steps']` steps (global batch `cfg['batch_size']`, sharded over torchrun ranks);
-    resume from `out/state` when its settings match; at the end write `out/tuned/` and `out/metrics.json` (rank 0).
+    """Train `tuner` on `data` (`vae`: the VAR's VQVAE, or the backbone's `Teacher`) for `cfg['steps']` steps (global batch
+    `cfg['batch_size']`, sharded over torchrun ranks); resume from `out/state` when its settings match; at the end write `out/tuned/` and `out/metrics.json` (rank 0).
     `stop_at` stops after that step, checkpointed, without final artefacts (as if killed; for tests)."""
     out = Path(out); state_dir = out / 'state'
     rank, world = dist_info()
-    var = tuner.var
-    dev = var.pos_1LC.device
+    teacher, dev = as_teacher(vae), tuner.device
     steps, bs, seed = cfg['steps'], cfg['batch_size'], cfg['seed']
     if bs % world: raise ValueError(f"batch_size {bs} is not divisible by the {world} processes")
-    if tuner.task == 't2i' and data.caption_emb is None: raise ValueError("t2i training needs text embeddings: add_text_embeddings(data, clip, tokenizer)")
+    if semantic is not None and not teacher.semantic: raise ValueError(f"{type(teacher).__name__} has no semantic refinement: set lambda_sen = lambda_cap = 0")
+    if tuner.adapter is not None and data.caption_emb is None: raise ValueError("t2i training needs text embeddings: add_text_embeddings(data, clip, tokenizer)")
     named = tuner.named_trainable()
     params = [p for _, p in named]
     if not params: raise ValueError(f"method {tuner.method!r} has nothing to train")
@@ -210,7 +251,7 @@ def train_tuner(tuner: Tuner, vae, data: TuningData, cfg: dict, out, *, semantic
     else:
         start, history = 0, []
         meta = {'init': eval_ce(tuner, vae, val) if (val is not None and rank == 0) else None,
-                'base': eval_ce(tuner, vae, val, base=True) if (val is not None and rank == 0 and tuner.task == 'c2i') else None}
+                'base': eval_ce(tuner, vae, val, base=True) if (val is not None and rank == 0 and tuner.adapter is None) else None}
     broadcast_(params)
     meta = {'fingerprint': fp, 'history': history, 'init': meta.get('init'), 'base': meta.get('base'),
             'step_times': meta.get('step_times', [])}
@@ -230,15 +271,13 @@ def train_tuner(tuner: Tuner, vae, data: TuningData, cfg: dict, out, *, semantic
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
         bi = torch.as_tensor(batch_indices(len(data), bs, step, seed)[rank::world])
         d = data.subset(bi)
-        idx = split_tokens(d.tokens.to(dev), var.patch_nums)
-        gt = torch.cat(idx, 1)
-        with torch.no_grad(): x_in = vae.quantize.var_inputs(idx)
+        x_in, gt = teacher.inputs(tuner, d)
         drop = (torch.rand(len(bi), generator=gen) < cfg['cond_drop_rate']).to(dev)
-        text = tuner.cond_text(data, bi, gen) if tuner.task == 't2i' else None
+        text = tuner.cond_text(data, bi, gen) if tuner.adapter is not None else None
         with autocast(cfg['amp'], dev):
-            logits = tuner.logits(x_in, labels=d.labels.to(dev), text_emb=text, drop=drop)
+            logits = teacher.logits(tuner, x_in, d, text_emb=text, drop=drop)
         sgen = torch.Generator(dev).manual_seed(seed * 7919 + step * 13 + rank) if cfg['soft'] == 'gumbel_st' else None
-        losses = mvp_loss(logits.float(), gt, label_smoothing=cfg['label_smoothing'])
+        losses = teacher.losses(logits, gt, cfg)
         if semantic is not None:   # the CLIP terms on the first `semantic_batch` rows of the (randomly ordered) batch
             k = cfg['semantic_batch'] or len(bi)
             s = semantic(logits[:k].float(), d.sentences[:k], d.captions[:k], sgen)

@@ -31,7 +31,7 @@ from .pipeline import ParamsFile
 # %% auto #0
 __all__ = ['VARIANTS', 'HEADLINE_INFINITY_DEFAULTS', 'ROOT', 'headline_infinity_section', 'load_headline_infinity_models',
            'headline_infinity_guidance', 'headline_infinity_prompts', 'stage_headline_infinity_sample',
-           'geneval_correct', 'dpg_prompt_scores', 'dpg_official', 'shuffled_partners',
+           'geneval_correct', 'dpg_prompt_scores', 'score_variant', 'dpg_official', 'shuffled_partners',
            'stage_headline_infinity_compare', 'headline_infinity_markdown', 'headline_infinity_sample_cmd',
            'headline_infinity_compare_cmd']
 
@@ -61,9 +61,9 @@ def _num(v, where, lo=None, hi=None):
 def _one_of(v, allowed, where):
     if v not in allowed: raise ValueError(f"{where}: must be one of {list(allowed)}, got {v!r}")
 
-def headline_infinity_section(params: dict) -> dict:
-    "params.yaml's `headline_infinity:` checked (unknown keys named with the nearest valid one), defaults filled in."
-    w, D = 'headline_infinity', HEADLINE_INFINITY_DEFAULTS
+def headline_infinity_section(params: dict, section: str = 'headline_infinity') -> dict:
+    "params.yaml's `headline_infinity:` (or another `section` with the same keys) checked (unknown keys named with the nearest valid one), defaults filled in."
+    w, D = section, HEADLINE_INFINITY_DEFAULTS
     if not isinstance(params, dict) or w not in params: raise ValueError(f"params has no `{w}:` section (see params.yaml)")
     h = params[w]
     _keys(h, D, w); _keys(h.get('vpg', {}), D['vpg'], f'{w}.vpg'); _keys(h.get('dpg', {}), D['dpg'], f'{w}.dpg')
@@ -118,19 +118,22 @@ def _toy_only(params):
 def _complete(man, where):
     if not man['complete']: raise RuntimeError(f"{where}: generation incomplete ({man['n_missing']} missing); run again to resume")
 
-def stage_headline_infinity_sample(params: dict, variant: str, out_root=ROOT, models=None, progress: bool = False) -> dict:
-    "GenEval (six categories) and DPG layouts of one variant for every seed in `headline_infinity.seeds`."
+def stage_headline_infinity_sample(params: dict, variant: str, out_root=ROOT, models=None, progress: bool = False, *,
+                                   section: str = 'headline_infinity', guidance=None, prompt=None) -> dict:
+    """GenEval (six categories) and DPG layouts of one variant for every seed in `<section>.seeds`. `guidance` (default:
+    the section's rule for `variant`, base or vpg) and `prompt` (an MVP prompt) let other studies name their own variants."""
     _toy_only(params)
-    h = headline_infinity_section(params)
-    g = headline_infinity_guidance(h, variant)
+    h = headline_infinity_section(params, section)
+    g = headline_infinity_guidance(h, variant) if guidance is None else guidance
     model, vae, encode = models or load_headline_infinity_models(params)
     if getattr(model, 'n_scales', h['n_scales']) != h['n_scales']:
-        raise ValueError(f"the toy Infinity was trained on {model.n_scales} scales, headline_infinity.n_scales is {h['n_scales']}")
+        raise ValueError(f"the toy Infinity was trained on {model.n_scales} scales, {section}.n_scales is {h['n_scales']}")
     sampler = infinity_sampler(model, vae, encode, guidance=g, cfg=h['cfg'], tau=h['tau'], top_k=h['top_k'], top_p=h['top_p'],
-                               mode='reference', pn=h['pn'], n_scales=h['n_scales'])
+                               mode='reference', pn=h['pn'], n_scales=h['n_scales'], prompt=prompt)
     items, names, prompts, qs = headline_infinity_prompts(h)
     n, out, t0 = h['n_per_prompt'], Path(out_root) / variant, time.time()
     settings = {'variant': variant, 'guidance': repr(g), 'sampler': {k: h[k] for k in ('cfg', 'tau', 'top_k', 'top_p', 'pn', 'n_scales')}}
+    if prompt is not None: settings['prompt'] = prompt.config()
     write_dpg_prompt_set(out / 'dpg.prompts', names, prompts, qs)
     for seed in h['seeds']:
         d = out / f'seed{seed}'
@@ -177,6 +180,16 @@ def dpg_prompt_scores(grid_dir, prompt_root, scorer, names: list) -> dict:
         out[nm] = {'all': float(np.mean(tile_means)), **{c: float(np.mean(v)) for c, v in cats.items()}}
     return out
 
+def score_variant(root, variant: str, h: dict, items: list, names: list, scorer, work) -> tuple:
+    "(GenEval correctness (S, prompts, n), detected objects, per-prompt DPG scores per seed, DPG's own results per seed) of one variant."
+    root, work, seeds = Path(root), Path(work), h['seeds']
+    if not (root / variant / 'manifest.json').exists(): raise FileNotFoundError(f"{root / variant} holds no finished samples: run its sample stage")
+    correct, objs = geneval_correct([root / variant / f'seed{s}' / 'geneval' for s in seeds], scorer, work / variant, len(items), h['n_per_prompt'])
+    scores = [dpg_prompt_scores(root / variant / f'seed{s}' / 'dpg', root / variant / 'dpg.prompts', scorer, names) for s in seeds]
+    official = [dpg_official(root / variant / f'seed{s}' / 'dpg', root / variant / 'dpg.prompts', work / variant / f'dpg_seed{s}', names, scorer)
+                for s in seeds]
+    return correct, objs, scores, official
+
 def dpg_official(grid_dir, prompt_root, work, names: list, scorer) -> dict:
     "DPG-Bench's results file for a copy of the grids in `work` (the sample folder stays untouched), parsed."
     Path(work).mkdir(parents=True, exist_ok=True)
@@ -197,9 +210,9 @@ def shuffled_partners(items: list) -> list[int]:
     return out
 
 # %% ../../nbs/94_headline_infinity.ipynb #4411681f
-def _paired(base: np.ndarray, var: np.ndarray, scale: float = 1.0) -> dict:
+def _paired(base: np.ndarray, var: np.ndarray, scale: float = 1.0, name: str = 'vpg') -> dict:
     r = paired_accuracy(base * scale, var * scale)
-    return {'base': float(base.mean() * scale), 'vpg': float(var.mean() * scale), **r, 'n_prompts': int(len(base)),
+    return {'base': float(base.mean() * scale), name: float(var.mean() * scale), **r, 'n_prompts': int(len(base)),
             'verdict': 'better' if r['ci95'][0] > 0 else 'worse' if r['ci95'][1] < 0 else 'no detectable difference'}
 
 def _nan_to_none(x):
@@ -207,7 +220,7 @@ def _nan_to_none(x):
     if isinstance(x, (list, tuple)): return [_nan_to_none(v) for v in x]
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
-def _geneval_part(items, correct: dict, objs_base) -> dict:
+def _geneval_part(items, correct: dict, objs_base, variant: str = 'vpg') -> dict:
     cats = [c for c in PROMPT_CATEGORIES if any(it['category'] == c for it in items)]
     cat = np.array([it['category'] for it in items])
     per_prompt = {v: c.mean(axis=(0, 2)) for v, c in correct.items()}            # (n_prompts,)
@@ -217,8 +230,8 @@ def _geneval_part(items, correct: dict, objs_base) -> dict:
         m, hw = t_interval(per_seed)
         res['variants'][v] = {**{k: float(c[:, cat == k].mean()) for k in cats}, 'overall': float(per_prompt[v].mean()),
                               'overall_per_seed': per_seed, 'overall_seed_ci95_halfwidth': hw, 'n_images': int(c.size)}
-    res['paired']['overall'] = _paired(per_prompt['base'], per_prompt['vpg'])
-    for k in cats: res['paired'][k] = _paired(per_prompt['base'][cat == k], per_prompt['vpg'][cat == k])
+    res['paired']['overall'] = _paired(per_prompt['base'], per_prompt[variant], name=variant)
+    for k in cats: res['paired'][k] = _paired(per_prompt['base'][cat == k], per_prompt[variant][cat == k], name=variant)
     partners = shuffled_partners(items)                                          # the prompt-following check on base
     shuf = np.array([[[check_prompt(items[partners[i]], o) for o in objs_base[s][i]] for i in range(len(items))]
                      for s in range(len(objs_base))]).mean(axis=(0, 2))
@@ -228,38 +241,38 @@ def _geneval_part(items, correct: dict, objs_base) -> dict:
     res['prompt_following'] = pf
     return res
 
-def _dpg_part(names, scores: dict, official: dict) -> dict:
+def _dpg_part(names, scores: dict, official: dict, variant: str = 'vpg') -> dict:
     cats = sorted({c for per in scores['base'] for p in per.values() for c in p if c != 'all'})
-    res = {'variants': {}, 'paired': {}}
-    for v in VARIANTS:
+    res, pair = {'variants': {}, 'paired': {}}, ('base', variant)
+    for v in pair:
         per_seed = [o['dpg_score'] for o in official[v]]
         m, hw = t_interval(per_seed)
         l1 = {k: float(np.mean([o[k] for o in official[v] if k in o])) for k in official[v][0] if k.startswith('l1/')}
         res['variants'][v] = {'dpg_score': m, 'dpg_score_per_seed': per_seed, 'dpg_score_seed_ci95_halfwidth': hw, **l1,
                               'n_images': int(sum(o['n_images'] for o in official[v]) * 4)}
     for c in ['all', *cats]:
-        keep = [nm for nm in names if all(c in per[nm] for v in VARIANTS for per in scores[v])]
+        keep = [nm for nm in names if all(c in per[nm] for v in pair for per in scores[v])]
         if not keep: continue
-        b, vv = (np.array([np.mean([per[nm][c] for per in scores[v]]) for nm in keep]) for v in VARIANTS)
-        res['paired']['dpg_score' if c == 'all' else c] = _paired(b, vv, 100.0)
+        b, vv = (np.array([np.mean([per[nm][c] for per in scores[v]]) for nm in keep]) for v in pair)
+        res['paired']['dpg_score' if c == 'all' else c] = _paired(b, vv, 100.0, variant)
     return res
 
 # %% ../../nbs/94_headline_infinity.ipynb #7e1e28af
-def _grid_rows(root, items, seed, names, k: int = 4) -> tuple[torch.Tensor, list[str]]:
-    """Per GenEval category (and DPG): sample 0 of its first k prompts, base | blank | +VPG, upscaled 2x (nearest);
-    (rows*(2k+1), 3, 2H, 2W) and the row labels."""
+def _grid_rows(root, items, seed, names, k: int = 4, variants=VARIANTS) -> tuple[torch.Tensor, list[str]]:
+    """Per GenEval category (and DPG): sample 0 of its first k prompts, one block of k tiles per variant (base | blank |
+    +VPG), upscaled 2x (nearest); (rows*(V*(k+1)-1), 3, 2H, 2W) and the row labels."""
     imgs, labels = [], []
     def load(p): return torch.from_numpy(np.array(read_rgb(p))).permute(2, 0, 1).float() / 255
-    def add(row, n):          # row = n base images then n +VPG images
+    def add(row, n):          # row = n images of each variant, variants in order, blocks separated by a blank tile
         pad = [torch.ones_like(row[0])] * (k - n)
-        imgs.extend(row[:n] + pad + [torch.ones_like(row[0])] + row[n:] + pad)
+        for j in range(len(variants)): imgs.extend(([torch.ones_like(row[0])] if j else []) + row[j * n:(j + 1) * n] + pad)
     for c in PROMPT_CATEGORIES:
         ks = [i for i, it in enumerate(items) if it['category'] == c][:k]
         if not ks: continue
-        add([load(Path(root) / v / f'seed{seed}/geneval/{i:05d}/samples/00000.png') for v in VARIANTS for i in ks], len(ks))
+        add([load(Path(root) / v / f'seed{seed}/geneval/{i:05d}/samples/00000.png') for v in variants for i in ks], len(ks))
         labels.append(f"{c}: " + ' | '.join(items[i]['prompt'] for i in ks))
     ks = list(range(min(k, len(names))))
-    add([load(G.tiles_dir(Path(root) / v / f'seed{seed}/dpg') / index_name(4 * i)) for v in VARIANTS for i in ks], len(ks))
+    add([load(G.tiles_dir(Path(root) / v / f'seed{seed}/dpg') / index_name(4 * i)) for v in variants for i in ks], len(ks))
     labels.append('DPG: ' + ', '.join(names[i] for i in ks))
     return F.interpolate(torch.stack(imgs), scale_factor=2, mode='nearest'), labels
 
@@ -272,11 +285,7 @@ def stage_headline_infinity_compare(params: dict, root=ROOT, metrics='metrics/he
     items, names, prompts, _ = headline_infinity_prompts(h)
     seeds, n, root, work = h['seeds'], h['n_per_prompt'], Path(root), Path(work)
     correct, objs, scores, official = {}, {}, {}, {}
-    for v in VARIANTS:
-        if not (root / v / 'manifest.json').exists(): raise FileNotFoundError(f"{root / v} holds no finished samples: run headline_infinity_sample@{v}")
-        correct[v], objs[v] = geneval_correct([root / v / f'seed{s}' / 'geneval' for s in seeds], scorer, work / v, len(items), n)
-        scores[v] = [dpg_prompt_scores(root / v / f'seed{s}' / 'dpg', root / v / 'dpg.prompts', scorer, names) for s in seeds]
-        official[v] = [dpg_official(root / v / f'seed{s}' / 'dpg', root / v / 'dpg.prompts', work / v / f'dpg_seed{s}', names, scorer) for s in seeds]
+    for v in VARIANTS: correct[v], objs[v], scores[v], official[v] = score_variant(root, v, h, items, names, scorer, work)
     res = {'geneval': _geneval_part(items, correct, objs['base']), 'dpg': _dpg_part(names, scores, official)}
     res['prompt_following'] = res['geneval'].pop('prompt_following')
     res['settings'] = {k: h[k] for k in ('n_per_category', 'n_per_prompt', 'seeds', 'cfg', 'tau', 'top_k', 'top_p', 'vpg', 'pn', 'n_scales')}
