@@ -6,14 +6,15 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/image_folders.html.md"""
 
 # %% ../../nbs/14_image_folders.ipynb #dd594d35
 from __future__ import annotations
-import json
+import json, re
 from pathlib import Path
 import numpy as np
 from PIL import Image
 from ..utils.params import need_path
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'image_folder_files', 'load_square', 'read_captions', 'photo_sentence', 'read_texts']
+__all__ = ['IMAGE_SUFFIXES', 'SYNSET_FILES', 'image_folder_files', 'load_square', 'read_captions', 'photo_sentence',
+           'class_names', 'read_texts']
 
 # %% ../../nbs/14_image_folders.ipynb #5149088a
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
@@ -46,6 +47,30 @@ def read_captions(path) -> dict:
 def photo_sentence(class_name: str) -> str:
     "The sentence-level tuning text for any class name: 'a photo of a/an {class}'."
     return f"a photo of {'an' if class_name[:1].lower() in 'aeiou' else 'a'} {class_name}"
+
+# %% ../../nbs/14_image_folders.ipynb #448cb191
+SYNSET_FILES = ('LOC_synset_mapping.txt', 'synset_words.txt')   # ImageNet's "n01440764 tench, Tinca tinca" lines (Kaggle / devkit)
+_WNID = re.compile(r'^n\d{8}$')
+
+def class_names(root, folders: list) -> list:
+    """Readable names of ImageFolder class folders: WordNet ids (ImageNet) through the dataset's synset mapping file
+    (first name of each line), other folder names as they are. WordNet ids without a mapping are refused: a sentence
+    like 'a photo of a n01440764' would silently train and score against meaningless text."""
+    if not any(_WNID.match(f) for f in folders): return list(folders)
+    f = next((Path(root) / n for n in SYNSET_FILES if (Path(root) / n).is_file()), None)
+    if f is None:
+        raise FileNotFoundError(f"{root}: class folders are WordNet ids ({folders[0]}, …) but no {' or '.join(SYNSET_FILES)} maps them "
+                                "to names: copy ImageNet's LOC_synset_mapping.txt into that folder")
+    names = {}
+    for k, line in enumerate(f.read_text().splitlines(), 1):
+        if not line.strip(): continue
+        wnid, _, rest = line.strip().partition(' ')
+        if not rest.strip(): raise ValueError(f"{f}:{k}: expected '<wnid> <name>, <name>…', got {line!r}")
+        names[wnid] = rest.split(',')[0].strip()
+    missing = [w for w in folders if w not in names]
+    if missing: raise ValueError(f"{f} has no line for {len(missing)} class folder(s), e.g. {missing[0]}")
+    return [names[w] for w in folders]
+
 
 # %% ../../nbs/14_image_folders.ipynb #8a16e120
 def read_texts(path, key: str | None = None) -> list[str]:

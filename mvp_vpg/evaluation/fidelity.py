@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ..utils.params import need_path
+from ..models.checkpoints import torch_load_safe
 from ..utils.images import read_rgb
 from .adm import numbered_images
 
@@ -63,6 +64,7 @@ def inception_metrics(gen, ref, weights, isc: bool = True, kid: bool = True, prc
     "FID / IS / KID / precision-recall of `gen` vs `ref` with torch-fidelity's Inception and local weights."
     import torch_fidelity   # imported when used: torch-fidelity imports torchvision (seconds at every CLI start)
     w = need_path(weights, 'inception')
+    torch_load_safe(w)        # torch-fidelity unpickles with weights_only=False: refuse code-executing pickles first
     (in1, n1), (in2, n2) = fidelity_input(gen), fidelity_input(ref)
     if min(n1, n2) < 2: raise ValueError(f"need at least 2 images on each side, got {n1} and {n2}")
     cuda = torch.cuda.is_available() if cuda is None else cuda

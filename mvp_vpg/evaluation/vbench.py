@@ -54,12 +54,15 @@ def parse_vbench_results(path) -> dict:
     return {k: float(v[0] if isinstance(v, (list, tuple)) else v) for k, v in data.items()}
 
 # %% ../../nbs/52d_vbench.ipynb #84883b49
-def vbench_scores(scores: dict) -> dict:
-    "VBench's Quality / Semantic / Total (×100) from raw dimension scores, each when its dimensions are all present."
+def vbench_scores(scores: dict, partial: bool = False) -> dict:
+    """VBench's Quality / Semantic / Total (×100) from raw dimension scores, each when its dimensions are all present;
+    `partial=True` averages each group over the dimensions present instead (a subset benchmark, e.g. the toy VBench)."""
     norm = {k: (scores[k] - lo) / (hi - lo) * VBENCH_WEIGHT[k] for k, (lo, hi) in VBENCH_NORM.items() if k in scores}
     res = {}
     for name, dims in (('quality_score', VBENCH_QUALITY), ('semantic_score', VBENCH_SEMANTIC)):
-        if all(k in norm for k in dims): res[name] = 100 * sum(norm[k] for k in dims) / sum(VBENCH_WEIGHT[k] for k in dims)
+        have = [k for k in dims if k in norm]
+        if have and (partial or len(have) == len(dims)):
+            res[name] = 100 * sum(norm[k] for k in have) / sum(VBENCH_WEIGHT[k] for k in have)
     if len(res) == 2: res['total_score'] = (4 * res['quality_score'] + res['semantic_score']) / 5
     return res
 

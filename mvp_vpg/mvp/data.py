@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..utils.params import MissingAsset
 from ..utils.images import images_to_tensor
 from ..data import shapes
-from ..data.folders import image_folder_files, load_square, photo_sentence
+from ..data.folders import image_folder_files, class_names, load_square, photo_sentence
 from ..models.vqvae import tokenize
 from ..models.toy_clip import encode_texts
 
@@ -93,7 +93,8 @@ def real_tuning_split(root, cfg: dict, split: str, size: int, n: int | None = No
     missing = [f.stem for f, _ in pick if f.stem not in caps]
     if need_captions and missing:
         raise MissingAsset(f"{len(missing)} of {len(pick)} {split} images have no caption (e.g. {missing[0]}): run the captions "
-                           "stage on this profile (`dvc repro captions`, BLIP-2 from profiles.<name>.blip2)")
-    recs = [{'id': f.stem, 'class_name': classes[c], 'sentence': photo_sentence(classes[c]), 'caption': caps.get(f.stem)} for f, c in pick]
+                           "stage on this profile (`dvc repro real/dvc.yaml:captions`, BLIP-2 from profiles.<name>.blip2)")
+    names = class_names(root, classes)                     # ImageNet: 'tench', not the folder's n01440764
+    recs = [{'id': f.stem, 'class_name': names[c], 'sentence': photo_sentence(names[c]), 'caption': caps.get(f.stem)} for f, c in pick]
     images = np.stack([load_square(f, size) for f, _ in tqdm(pick, desc=f'reading {split} images', mininterval=5)])
     return images, np.asarray([c for _, c in pick], np.int64), recs

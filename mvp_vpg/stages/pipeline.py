@@ -19,7 +19,7 @@ from ..utils.params import MissingAsset, load_params, active_profile, require_pa
 from .config import load_config, check_spec
 from ..utils.images import to_uint8, save_png
 from ..data import shapes
-from ..data.folders import photo_sentence
+from ..data.folders import image_folder_files, class_names, photo_sentence
 from ..models.checkpoints import load_pretrained, load_var, load_vqvae
 from ..sampling.sampler import sample, CFG
 from ..vpg.guidance import VPG
@@ -75,8 +75,8 @@ def caption_folder_blip2(data_dir: Path, blip2_dir: Path, out: Path, batch_size=
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     proc = Blip2Processor.from_pretrained(blip2_dir, local_files_only=True)
     model = Blip2ForConditionalGeneration.from_pretrained(blip2_dir, local_files_only=True).to(device).eval()
-    classes = sorted(p.name for p in Path(data_dir, 'train').iterdir() if p.is_dir())
-    files = [(f, c) for c, name in enumerate(classes) for f in sorted((Path(data_dir, 'train') / name).iterdir())]
+    files, folders = image_folder_files(data_dir, 'train')   # the tuning split's files and labels (images only)
+    classes = class_names(data_dir, folders)
     done = {json.loads(l)['id'] for l in out.read_text().splitlines()} if out.exists() else set()
     todo = [(f, c) for f, c in files if f.stem not in done]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -203,9 +203,10 @@ def data_cmd(params: ParamsFile = Path('params.yaml')):
     "Render the Shapes splits (toy profile) or check the dataset path (real profiles)."
     stage_data(load_config(params))
 
-def captions_cmd(params: ParamsFile = Path('params.yaml')):
+def captions_cmd(params: ParamsFile = Path('params.yaml'),
+                 out: Annotated[Path, typer.Option(help='folder of the JSONL files (real profiles: train.jsonl)')] = Path('data/captions')):
     "One JSONL line per image: ground truth on the toy profile, BLIP-2 captions on real data."
-    stage_captions(load_config(params))
+    stage_captions(load_config(params), out)
 
 def sample_variant_cmd(variant: Variant = 'base', params: ParamsFile = Path('params.yaml')):
     "Class-conditional samples of one variant, one folder per seed of `sample.seeds` (outputs/samples/<variant>/seed<s>/)."

@@ -229,7 +229,7 @@ _Path = Annotated[Optional[str], _opt('path (default: the profile\'s)')]
 def tune_cmd(
     out: Annotated[Path, _opt('run folder: tuned/, metrics.json, samples/ and eval.json')],
     params: ParamsFile = Path('params.yaml'),
-    run_: Annotated[Optional[str], typer.Option('--run', help='a named run: dotted path to its mvp overrides in params, e.g. mvp_runs.prefilled')] = None,
+    run_: Annotated[Optional[str], typer.Option('--run', '--mvp-run', help='a named run: dotted path to its mvp overrides in params, e.g. mvp_runs.prefilled (under torchrun write --mvp-run: torchrun reads --run as its own --run-path)')] = None,
     method: Annotated[Optional[str], _opt(f"one of {', '.join(METHODS)}, or 'base' (no training; use with --eval). Default: mvp.method")] = None,
     task: Annotated[Optional[str], _opt(f"{' or '.join(TASKS)} (class- or text-to-image). Default: mvp.task")] = None,
     steps: Annotated[Optional[int], _opt('training steps (default: mvp.steps)')] = None,
