@@ -6,13 +6,14 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/headline_infinity.html.md"""
 
 # %% ../../nbs/94_headline_infinity.ipynb #9bf4f14e
 from __future__ import annotations
-import csv, difflib, json, math, shutil, time
+import csv, json, math, shutil, time
 from pathlib import Path
 from typing import Annotated
 import numpy as np
 import torch
 import torch.nn.functional as F
 import typer
+from ..utils.checks import check_keys, check_int, check_number, check_one_of
 from ..utils.io import write_json, write_text, read_json, read_jsonl
 from ..utils.images import save_grid, read_rgb
 from ..data.shapes import PROMPT_CATEGORIES, SPLITS, geneval_prompts, check_prompt
@@ -42,44 +43,25 @@ HEADLINE_INFINITY_DEFAULTS = dict(
     vpg=dict(vpg_lambda=1.0, vpg_p=0.5, vpg_variant='full_embedding', vpg_redraw='per_scale', vpg_schedule='all'),
     dpg=dict(n_prompts=24, p_two=1.0, seed=0, split='test'), prompt_seed=0, pn='0.06M', n_scales=5)
 
-def _nearest(key, names) -> str:
-    m = difflib.get_close_matches(str(key), list(names), n=1, cutoff=0.6)
-    return f" (did you mean {m[0]!r}?)" if m else f" (valid: {', '.join(sorted(names))})"
-
-def _keys(d, allowed, where):
-    if not isinstance(d, dict): raise ValueError(f"{where}: must be a mapping, got {d!r}")
-    for k in d:
-        if k not in allowed: raise ValueError(f"{where}.{k}: unknown key{_nearest(k, allowed)}")
-
-def _int(v, where, lo=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo: raise ValueError(f"{where}: must be an integer >= {lo}, got {v!r}")
-
-def _num(v, where, lo=None, hi=None):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v): raise ValueError(f"{where}: must be a finite number, got {v!r}")
-    if (lo is not None and v < lo) or (hi is not None and v > hi): raise ValueError(f"{where}: must be in [{lo}, {hi}], got {v!r}")
-
-def _one_of(v, allowed, where):
-    if v not in allowed: raise ValueError(f"{where}: must be one of {list(allowed)}, got {v!r}")
-
 def headline_infinity_section(params: dict, section: str = 'headline_infinity') -> dict:
     "params.yaml's `headline_infinity:` (or another `section` with the same keys) checked (unknown keys named with the nearest valid one), defaults filled in."
     w, D = section, HEADLINE_INFINITY_DEFAULTS
     if not isinstance(params, dict) or w not in params: raise ValueError(f"params has no `{w}:` section (see params.yaml)")
     h = params[w]
-    _keys(h, D, w); _keys(h.get('vpg', {}), D['vpg'], f'{w}.vpg'); _keys(h.get('dpg', {}), D['dpg'], f'{w}.dpg')
+    check_keys(h, D, w); check_keys(h.get('vpg', {}), D['vpg'], f'{w}.vpg'); check_keys(h.get('dpg', {}), D['dpg'], f'{w}.dpg')
     h = {**D, **h, 'vpg': {**D['vpg'], **h.get('vpg', {})}, 'dpg': {**D['dpg'], **h.get('dpg', {})}}
-    for k in ('n_per_category', 'n_per_prompt', 'batch_size', 'n_scales'): _int(h[k], f'{w}.{k}')
-    _int(h['dpg']['n_prompts'], f'{w}.dpg.n_prompts'); _int(h['dpg']['seed'], f'{w}.dpg.seed', 0); _int(h['prompt_seed'], f'{w}.prompt_seed', 0)
+    for k in ('n_per_category', 'n_per_prompt', 'batch_size', 'n_scales'): check_int(h[k], f'{w}.{k}')
+    check_int(h['dpg']['n_prompts'], f'{w}.dpg.n_prompts'); check_int(h['dpg']['seed'], f'{w}.dpg.seed', 0); check_int(h['prompt_seed'], f'{w}.prompt_seed', 0)
     s = h['seeds']
     if not isinstance(s, list) or not s: raise ValueError(f"{w}.seeds: must be a non-empty list of integers >= 0, got {s!r}")
-    for x in s: _int(x, f'{w}.seeds', 0)
+    for x in s: check_int(x, f'{w}.seeds', 0)
     if len(set(s)) != len(s): raise ValueError(f"{w}.seeds: repeated seeds {s} would count the same images twice")
-    _num(h['cfg'], f'{w}.cfg', 1); _num(h['tau'], f'{w}.tau', 1e-6); _int(h['top_k'], f'{w}.top_k', 0)
-    _num(h['top_p'], f'{w}.top_p', 0, 1); _num(h['dpg']['p_two'], f'{w}.dpg.p_two', 0, 1)
-    _one_of(h['dpg']['split'], SPLITS, f'{w}.dpg.split'); _one_of(h['pn'], PN_SCALES, f'{w}.pn')
+    check_number(h['cfg'], f'{w}.cfg', 1); check_number(h['tau'], f'{w}.tau', 1e-6); check_int(h['top_k'], f'{w}.top_k', 0)
+    check_number(h['top_p'], f'{w}.top_p', 0, 1); check_number(h['dpg']['p_two'], f'{w}.dpg.p_two', 0, 1)
+    check_one_of(h['dpg']['split'], SPLITS, f'{w}.dpg.split'); check_one_of(h['pn'], PN_SCALES, f'{w}.pn')
     v = h['vpg']
-    _num(v['vpg_lambda'], f'{w}.vpg.vpg_lambda'); _num(v['vpg_p'], f'{w}.vpg.vpg_p', 0, 1)
-    _one_of(v['vpg_variant'], VPG_VARIANTS, f'{w}.vpg.vpg_variant'); _one_of(v['vpg_redraw'], REDRAWS, f'{w}.vpg.vpg_redraw')
+    check_number(v['vpg_lambda'], f'{w}.vpg.vpg_lambda'); check_number(v['vpg_p'], f'{w}.vpg.vpg_p', 0, 1)
+    check_one_of(v['vpg_variant'], VPG_VARIANTS, f'{w}.vpg.vpg_variant'); check_one_of(v['vpg_redraw'], REDRAWS, f'{w}.vpg.vpg_redraw')
     sch = v['vpg_schedule']
     if not (sch == 'all' or (isinstance(sch, int) and not isinstance(sch, bool) and sch >= 0) or
             (isinstance(sch, list) and sch and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in sch))):

@@ -27,7 +27,8 @@ from ..toy.infinity_mvp import tune_infinity_prompt
 from .pipeline import ParamsFile
 from .headline_infinity import (HEADLINE_INFINITY_DEFAULTS, headline_infinity_section, headline_infinity_guidance,
     headline_infinity_prompts, load_headline_infinity_models, stage_headline_infinity_sample, score_variant, _geneval_part,
-    _dpg_part, _grid_rows, _nan_to_none, _toy_only, _keys, _num, _f, _row)
+    _dpg_part, _grid_rows, _nan_to_none, _toy_only, _f, _row)
+from ..utils.checks import check_keys, check_number
 
 # %% auto #0
 __all__ = ['TUNE_DEFAULTS', 'INFINITY_STUDY_DEFAULTS', 'SECTION', 'TUNE_DIR', 'SAMPLES', 'EVAL', 'infinity_study_section',
@@ -46,16 +47,16 @@ def infinity_study_section(params: dict) -> dict:
     w = SECTION
     sec = params.get(w) if isinstance(params, dict) else None
     if sec is None: raise ValueError(f"params has no `{w}:` section (see params.yaml)")
-    _keys(sec, INFINITY_STUDY_DEFAULTS, w)
+    check_keys(sec, INFINITY_STUDY_DEFAULTS, w)
     sample = headline_infinity_section({f'{w}.sample': sec.get('sample') or {}}, f'{w}.sample')
     sw = {**INFINITY_STUDY_DEFAULTS['sweep'], **(sec.get('sweep') or {})}
-    _keys(sw, INFINITY_STUDY_DEFAULTS['sweep'], f'{w}.sweep')
+    check_keys(sw, INFINITY_STUDY_DEFAULTS['sweep'], f'{w}.sweep')
     for k in ('lams', 'ps'):
         if not isinstance(sw[k], list) or not sw[k] or len(set(sw[k])) != len(sw[k]):
             raise ValueError(f"{w}.sweep.{k}: must be a non-empty list of distinct numbers, got {sw[k]!r}")
-        for v in sw[k]: _num(v, f'{w}.sweep.{k}', *((0, 1) if k == 'ps' else ()))
+        for v in sw[k]: check_number(v, f'{w}.sweep.{k}', *((0, 1) if k == 'ps' else ()))
     t = sec.get('tune') or {}
-    _keys(t, [*MVP_DEFAULTS, 'text_mix'], f'{w}.tune')
+    check_keys(t, [*MVP_DEFAULTS, 'text_mix'], f'{w}.tune')
     t = {**TUNE_DEFAULTS, **t, 'data': {**TUNE_DEFAULTS['data'], **(t.get('data') or {})}}
     mix = t.pop('text_mix')
     if not (isinstance(mix, list) and len(mix) == 3 and all(isinstance(x, (int, float)) and x >= 0 for x in mix) and sum(mix) > 0):

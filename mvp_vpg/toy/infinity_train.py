@@ -9,7 +9,7 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/toy_infinity.html.md"""
 
 # %% ../../nbs/11b_toy_infinity.ipynb #e2546710
 from __future__ import annotations
-import difflib, json, math, shutil, time
+import json, math, shutil, time
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from ..utils.checks import nearest_hint
 from ..utils.io import atomic_write_dir, file_hash, fingerprint, read_jsonl
 from ..utils.training import batch_indices, lr_at, autocast
 from ..utils.images import images_to_tensor, to_pm1
@@ -48,10 +49,6 @@ TOY_INFINITY = {
                      amp='bf16', ckpt_every=200, eval_n=500),
 }
 
-def _nearest(key, names) -> str:
-    m = difflib.get_close_matches(str(key), list(names), n=1, cutoff=0.5)
-    return f" (did you mean {m[0]!r}?)" if m else f" (valid: {', '.join(names)})"
-
 def _check(cond: bool, where: str, what: str, got):
     if not cond: raise ValueError(f"params.yaml: 'toy_infinity.{where}' must be {what}, got {got!r}")
 
@@ -61,12 +58,12 @@ def toy_infinity_section(params: dict) -> dict:
     if not isinstance(sec, dict): raise ValueError(f"params.yaml: 'toy_infinity' must be a mapping, got {sec!r}")
     out = {}
     for k in sec:
-        if k not in TOY_INFINITY: raise ValueError(f"params.yaml: unknown key 'toy_infinity.{k}'{_nearest(k, TOY_INFINITY)}")
+        if k not in TOY_INFINITY: raise ValueError(f"params.yaml: unknown key 'toy_infinity.{k}'{nearest_hint(k, TOY_INFINITY)}")
     for name in ('bsq', 'infinity'):
         sub = sec.get(name) or {}
         for k in sub:
             if k not in TOY_INFINITY[name]:
-                raise ValueError(f"params.yaml: unknown key 'toy_infinity.{name}.{k}'{_nearest(k, TOY_INFINITY[name])}")
+                raise ValueError(f"params.yaml: unknown key 'toy_infinity.{name}.{k}'{nearest_hint(k, TOY_INFINITY[name])}")
         out[name] = {**TOY_INFINITY[name], **sub}
         h = out[name]
         for k in ('steps', 'batch_size', 'ckpt_every') + (('depth', 'embed_dim', 'num_heads', 'text_maxlen', 'block_chunks', 'eval_n')
