@@ -1,27 +1,12 @@
 """Pipeline wiring: the main job (`dvc repro`, the headline study) and the full study (`dvc repro study/dvc.yaml`) on a tiny
 setting in a throw-away copy of the repository."""
-import json, shutil, subprocess, sys
-from pathlib import Path
+import json, subprocess
 import pytest, yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-def _run(cmd, cwd):
-    env = {'PATH': f"{BIN}:/usr/bin:/bin", 'DVC_NO_ANALYTICS': '1', 'HF_HUB_OFFLINE': '1', 'HOME': str(cwd)}
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r
+from _repo import BIN, copy_repo, run as _run
 
 @pytest.fixture(scope='module')
 def repo(tmp_path_factory):
-    d = tmp_path_factory.mktemp('repo')
-    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (d / f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(ROOT / f, d / f)
-    for f in ('metrics', 'reports'): shutil.rmtree(d / f, ignore_errors=True)  # must be produced by the run
-    (d / 'REPRODUCTION.md').unlink(missing_ok=True)
+    d = copy_repo(tmp_path_factory.mktemp('repo'))      # metrics/, reports/, REPRODUCTION.md: produced by the run
     p = yaml.safe_load((d / 'params.yaml').read_text())
     p['data'].update(n_train=64, n_val=16, n_test=48)
     p['sample'].update(n_per_class=4, batch_size=24, seeds=[0, 1])
@@ -37,11 +22,15 @@ def repo(tmp_path_factory):
     p['dpg_toy'].update(n_prompts=2, runs={'t2i_mvp': {'run': 'outputs/mvp/t2i_mvp', 'variant': 'vpg'}})
     p['headline'].update(n_per_class=2, seeds=[0, 1], batch_size=12, n_boot=10)
     p['headline_infinity'].update(n_per_category=1, n_per_prompt=2, seeds=[0, 1], batch_size=12, dpg={'n_prompts': 2})
+    p['headline_video'].update(n_per_dimension=1, n_per_prompt=1, seeds=[0, 1], batch_size=7, latency={'batch_size': 2, 'repeats': 1})
+    st = p['infinity_study']                                               # toy Infinity study: 2 tuning steps, one sweep point
+    st['sample'].update(n_per_category=1, n_per_prompt=1, seeds=[0, 1], batch_size=12, dpg={'n_prompts': 2})
+    st['sweep'] = {'lams': [2.0], 'ps': [0.5]}
+    st['tune'].update(steps=2, batch_size=4, ckpt_every=1, data={**st['tune']['data'], 'n': 8, 'n_val': 4})
     (d / 'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
-    _run(['git', 'init', '-q'], d); _run(['git', 'add', '-A'], d)
-    _run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'copy'], d)
+    _run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qam', 'shrunk params'], d)
     _run(['dvc', 'repro'], d)
-    assert (d / 'metrics/headline/paired.json').exists() and (d / 'metrics/headline/infinity.json').exists()
+    assert all((d / f'metrics/headline/{m}.json').exists() for m in ('paired', 'infinity', 'video'))
     assert not (d / 'metrics/base.json').exists()   # the main job is the headline only
     _run(['dvc', 'repro', 'study/dvc.yaml'], d)
     return d
@@ -71,6 +60,31 @@ def test_headline_infinity_part(repo):
     base0 = sorted((g / 'base/seed0/geneval').glob('*/samples/*.png'))
     assert len(base0) == 12 and sorted(p.name for p in (g / 'vpg/seed1/dpg').glob('*.png')) == ['shapes0000.png', 'shapes0001.png']
     assert any(f.read_bytes() != (g / 'vpg' / f.relative_to(g / 'base')).read_bytes() for f in base0)
+
+def test_headline_video_part(repo):
+    "The toy InfinityStar on the toy VBench: three variants on common random numbers, paired, with the latency table."
+    import numpy as np
+    m = json.loads((repo / 'metrics/headline/video.json').read_text())
+    assert set(m['variants']) == {'base', 'vpg_all', 'vpg_semantic'} and set(m['paired']) == {'vpg_all', 'vpg_semantic'}
+    assert m['settings']['n_clips_per_variant'] == 7 * 1 * 2 and len(m['variants']['base']['total_per_seed']) == 2
+    assert 'total_score' in m['paired']['vpg_all'] and m['ground_truth']['total_score'] > 90
+    assert m['latency']['ratio']['base'] == 1.0 and "schedule=[1, 4, 5]" in m['guidance']['vpg_semantic']
+    md = (repo / 'reports/headline/video.md').read_text()
+    assert '| **total_score** |' in md and '## Latency' in md and '(video.md)' in (repo / 'reports/headline/results.md').read_text()
+    assert (repo / 'reports/headline/video_frames.png').stat().st_size > 0
+    a, b = (np.load(repo / f'outputs/headline/video/{v}/seed0.npz')['videos'] for v in ('base', 'vpg_all'))
+    assert a.shape == (7, 5, 32, 32, 3) and not np.array_equal(a, b)
+
+def test_infinity_study_stages(repo):
+    m = json.loads((repo / 'metrics/infinity/results.json').read_text())
+    assert set(m['paired']) == {'vpg', 'mvp', 'sweep_lam2.0_p0.5'} and m['variants']['base']['geneval']['n_images'] == 6 * 1 * 2
+    for v, r in m['paired'].items():
+        assert 'overall' in r['geneval'] and 'dpg_score' in r['dpg'] and len(m['variants'][v]['geneval']['overall_per_seed']) == 2
+    assert m['tune']['n_trainable'] > 0 and m['tune']['steps'] == 2 and m['guidance']['mvp'] == m['guidance']['base']
+    assert m['sweep'][0]['variant'] == 'sweep_lam2.0_p0.5' and m['guidance']['sweep_lam2.0_p0.5'].startswith('VPG(lam=2.0, p=0.5')
+    md = (repo / 'reports/infinity/results.md').read_text()
+    assert '| **GenEval overall** |' in md and '| **DPG score** |' in md and 'λ × p sweep' in md and 'trainable' in md
+    assert (repo / 'reports/infinity/grid.png').stat().st_size > 0 and (repo / 'outputs/infinity/tune/tuned/prompt').is_dir()
 
 def test_repro_writes_metrics_with_spread_over_seeds(repo):
     m = json.loads((repo / 'metrics' / 'base.json').read_text())
@@ -129,25 +143,6 @@ def test_toy_geneval_stage(repo):
     g = json.loads((repo / 'metrics/geneval_toy/geneval_toy_base.json').read_text())
     assert g['n_images'] == 2 * 2 * 2 and 0 <= g['overall'] <= 1
     assert '| base |' in (repo / 'reports' / 'results.md').read_text().split('Toy GenEval')[1]
-
-def test_real_pipeline_runs_until_an_asset_is_missing(repo):
-    """real/dvc.yaml on a real profile with empty paths: every stage stops naming the key to fill in."""
-    params = (repo / 'params.yaml').read_text()
-    p = yaml.safe_load(params); p['profile'] = 'imagenet256_d16'; p['real_eval'].update(variants=['base'], evaluate=['base'])
-    placed = repo / 'placed'; placed.mkdir(exist_ok=True)      # generations placed by hand (e.g. Infinity's), not by generate_t2i
-    p['real_eval'].update(geneval_images='placed', dpg_images='placed', clip_images='placed', clip_texts='placed/texts.txt')
-    try:
-        (repo / 'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
-        env = {'PATH': f"{BIN}:/usr/bin:/bin", 'DVC_NO_ANALYTICS': '1', 'HOME': str(repo)}
-        r = subprocess.run(['dvc', 'repro', '-k', 'real/dvc.yaml'], cwd=repo, env=env, capture_output=True, text=True)
-    finally:
-        (repo / 'params.yaml').write_text(params)
-    out = r.stdout + r.stderr
-    assert r.returncode != 0
-    for key in ('profiles.imagenet256_d16.var', 'profiles.imagenet256_d16.geneval', 'profiles.imagenet256_d16.dpg_bench',
-                'profiles.imagenet256_d16.vbench', 'profiles.imagenet256_d16.clip'):
-        assert key in out, (key, out[-3000:])
-    assert not list((repo / 'real').glob('metrics/**/*.json'))   # nothing half-written looks complete
 
 def test_vpg_latency_stage_feeds_the_report(repo):
     b = json.loads((repo / 'metrics/bench/vpg_latency.json').read_text())

@@ -6,10 +6,11 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/config.html.md"""
 
 # %% ../../nbs/78_config.ipynb #53056d92
 from __future__ import annotations
-import difflib, math, warnings
+import math, warnings
 from pathlib import Path
 from typing import Annotated, Literal, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ..utils.checks import nearest_hint
 from ..utils.params import load_params
 from ..mvp.config import mvp_section, run_params
 from ..vpg.guidance import VARIANTS, REDRAWS
@@ -167,15 +168,11 @@ def _check_profiles(profiles) -> list:
     if not isinstance(profiles, dict) or not profiles: return ["profiles: must be a non-empty mapping of profile names to local paths"]
     for name, prof in profiles.items():
         for k, v in (prof or {}).items():
-            if k not in PROFILE_KEYS: out.append(f"profiles.{name}.{k}: unknown key{_nearest(k, PROFILE_KEYS)}")
+            if k not in PROFILE_KEYS: out.append(f"profiles.{name}.{k}: unknown key{nearest_hint(k, PROFILE_KEYS)}")
             elif not isinstance(v, str): out.append(f"profiles.{name}.{k}: must be a path string ('' = not provided), got {v!r}")
     return out
 
 # %% ../../nbs/78_config.ipynb #6ee8d344
-def _nearest(key, names) -> str:
-    m = difflib.get_close_matches(str(key), list(names), n=1, cutoff=0.6)
-    return f" (did you mean {m[0]!r}?)" if m else f" (valid: {', '.join(sorted(names))})"
-
 class Params(Section):
     "The whole params.yaml."
     profile: str = 'toy'
@@ -201,24 +198,24 @@ class Params(Section):
     headline_infinity: dict | None = None   # checked by stages.headline_infinity
     infinity_study: dict | None = None      # checked by stages.infinity_study (the toy Infinity part of the full study)
     toy_video: dict | None = None           # checked by toy.video_train's own section checker
-    headline_video: dict | None = None      # checked by stages.headline_video's checker (called in check_params)
+    headline_video: dict | None = None      # checked by stages.headline_video
     profiles: dict
 
     @model_validator(mode='after')
     def _references(self):
         "Names used in one section must be defined in another."
-        if self.profile not in self.profiles: raise ValueError(f"profile {self.profile!r} is not defined under profiles{_nearest(self.profile, self.profiles)}")
+        if self.profile not in self.profiles: raise ValueError(f"profile {self.profile!r} is not defined under profiles{nearest_hint(self.profile, self.profiles)}")
         names = set(self.variants)
         uses = [(f'npz_toy.variants', self.npz_toy and self.npz_toy.variants), ('geneval_toy.variants', self.geneval_toy and self.geneval_toy.variants),
                 ('real_eval.variants', self.real_eval and self.real_eval.variants)]
         uses += [(f'dpg_toy.runs.{k}.variant', [r.variant]) for k, r in (self.dpg_toy.runs.items() if self.dpg_toy else [])]
         for where, used in uses:
             for v in used or []:
-                if v not in names: raise ValueError(f"{where}: variant {v!r} is not defined under variants{_nearest(v, names)}")
+                if v not in names: raise ValueError(f"{where}: variant {v!r} is not defined under variants{nearest_hint(v, names)}")
         for r in (self.real_eval.tune if self.real_eval else []):
-            if r not in self.mvp_runs: raise ValueError(f"real_eval.tune: run {r!r} is not defined under mvp_runs{_nearest(r, self.mvp_runs)}")
+            if r not in self.mvp_runs: raise ValueError(f"real_eval.tune: run {r!r} is not defined under mvp_runs{nearest_hint(r, self.mvp_runs)}")
         if self.headline and self.headline.mvp_run not in self.mvp_runs:
-            raise ValueError(f"headline.mvp_run: {self.headline.mvp_run!r} is not a run under mvp_runs{_nearest(self.headline.mvp_run, self.mvp_runs)}")
+            raise ValueError(f"headline.mvp_run: {self.headline.mvp_run!r} is not a run under mvp_runs{nearest_hint(self.headline.mvp_run, self.mvp_runs)}")
         return self
 
 # %% ../../nbs/78_config.ipynb #e063e968
@@ -234,7 +231,7 @@ def _message(e: ValidationError, model=Params) -> str:
                 node = getattr(f, 'annotation', None) if f is not None else node
                 node = next((a for a in getattr(node, '__args__', (node,)) if hasattr(a, 'model_fields')), node)
             fields = getattr(node, 'model_fields', {})
-            lines.append(f"{loc}: unknown key{_nearest(err['loc'][-1], fields) if fields else ''}")
+            lines.append(f"{loc}: unknown key{nearest_hint(err['loc'][-1], fields) if fields else ''}")
         else: lines.append(f"{loc}: {err['msg']}" + (f" (got {err['input']!r})" if not isinstance(err.get('input'), dict) else ''))
     return '; '.join(lines)
 
@@ -250,10 +247,6 @@ def check_params(params: dict, source: str = 'params.yaml') -> Params:
             except ValueError as e: problems.append(str(e))
         if cfg.toy_video is not None:             # the toy InfinityStar's own checker
             try: toy_video_section(params)
-            except ValueError as e: problems.append(str(e))
-        if cfg.headline_video is not None:        # imported here: stages.headline_video reads the stage helpers, which read this module
-            from mvp_vpg.stages.headline_video import headline_video_section
-            try: headline_video_section(params)
             except ValueError as e: problems.append(str(e))
         for name in cfg.mvp_runs:                 # the mvp section with each run's overrides, through the mvp checker
             try: mvp_section(run_params(params, f'mvp_runs.{name}'))

@@ -92,4 +92,7 @@ def headline_markdown(res: dict) -> str:
             f"Common random numbers: image i of seed s starts from the same draws in every variant. Intervals: paired "
             f"bootstrap over images within seeds ({s['n_boot']} replicates); 'detectable' = 2.8 × its standard error.\n\n"
             + paired_table(res) + "\nFigures: `reports/headline/paired.png` (differences), "
-            "`reports/headline/grid.png` (one sample per class; rows base, +VPG, +MVP, +MVP+VPG).\n")
+            "`reports/headline/grid.png` (one sample per class; rows base, +VPG, +MVP, +MVP+VPG).\n\n"
+            "The other parts of the headline study: [infinity.md](infinity.md) (the toy Infinity, text-to-image: toy GenEval "
+            "and DPG-Bench, base vs +VPG) and [video.md](video.md) (the toy InfinityStar, text-to-video: toy VBench, unguided vs "
+            "all-scale vs semantic-only VPG, and the App. B.2 latency table).\n")

@@ -1,4 +1,4 @@
-"""`mvp-vpg train vqvae|var|scorer|clip|preview|bsq|infinity|infinity-preview`: the dvc stages that train the toy tokenizer, VAR, shapes network, CLIP and the toy text-to-image Infinity (BSQ tokenizer + transformer) from params.yaml, and the preview grids.
+"""`mvp-vpg train vqvae|var|scorer|clip|preview|bsq|infinity|infinity-preview|video-tokenizer|infinitystar|infinitystar-preview`: the dvc stages that train the toy tokenizer, VAR, shapes network, CLIP and the toy text-to-image Infinity (BSQ tokenizer + transformer) from params.yaml, and the preview grids.
 
 Docs: https://mvp-vpg.github.io/mvp_vpg/toy_stage.html.md"""
 
@@ -23,7 +23,8 @@ from .pipeline import ParamsFile
 
 # %% auto #0
 __all__ = ['P', 'Out', 'State', 'Device', 'Threads', 'train_vqvae_cmd', 'train_var_cmd', 'train_scorer_cmd', 'train_clip_cmd',
-           'preview_cmd', 'train_bsq_cmd', 'train_infinity_cmd', 'infinity_preview_cmd']
+           'preview_cmd', 'train_bsq_cmd', 'train_infinity_cmd', 'infinity_preview_cmd', 'train_video_tokenizer_cmd',
+           'train_infinitystar_cmd', 'infinitystar_preview_cmd']
 
 # %% ../../nbs/75_toy_stage.ipynb #0287def6
 def _opt(help: str, **kw): return typer.Option(help=help, **kw)
@@ -97,3 +98,34 @@ def infinity_preview_cmd(infinity: Annotated[Path, _opt('toy Infinity folder')] 
     res = {'grid': str(path), 'recon': str(preview_bsq(v, load_split(load_config(params), 'val', 32)[0], Path(out).parent / 'bsq_recon.png'))}
     if scorer is not None: res.update(prompt_following(m, v, enc, scorer, n_per_category, cfg, tau, seed))
     return res
+
+# %% ../../nbs/75_toy_stage.ipynb #77203d4f
+def train_video_tokenizer_cmd(out: Out = Path('data/toy/video_tokenizer'), params: ParamsFile = P, state: State = None,
+                              device: Device = 'cpu', threads: Threads = None):
+    "Fine-tune the toy video tokenizer (per-frame toy BSQ + InfinityStar's two quantizers) on moving-Shapes clips (params `toy_video`)."
+    from mvp_vpg.toy.video_train import train_toy_video_tokenizer
+    _threads(threads); return train_toy_video_tokenizer(load_config(params), out, state_dir=state, device=device)['metrics']
+
+def train_infinitystar_cmd(out: Out = Path('data/toy/infinitystar'), params: ParamsFile = P,
+                           tokenizer: Annotated[Path, _opt('toy video tokenizer folder')] = Path('data/toy/video_tokenizer'),
+                           clip: Annotated[Path, _opt('toy CLIP folder (the text encoder)')] = Path('data/toy/clip'),
+                           state: State = None, device: Device = 'cpu', threads: Threads = None):
+    "Train the toy text-to-video InfinityStar on the frozen toy video tokenizer and toy CLIP text tower (params `toy_video`)."
+    from mvp_vpg.toy.video_train import train_toy_infinitystar
+    _threads(threads); return train_toy_infinitystar(load_config(params), tokenizer, clip, out, state_dir=state, device=device)['metrics']
+
+def infinitystar_preview_cmd(infinitystar: Annotated[Path, _opt('toy InfinityStar folder')] = Path('data/toy/infinitystar'),
+                             tokenizer: Annotated[Path, _opt('toy video tokenizer folder')] = Path('data/toy/video_tokenizer'),
+                             clip: Annotated[Path, _opt('toy CLIP folder')] = Path('data/toy/clip'),
+                             out: Annotated[Path, _opt('frames PNG (one row per caption)')] = Path('data/toy/infinitystar_samples.png'),
+                             n: Annotated[int, _opt('captions (test-split clips)')] = 8, cfg: Annotated[float, _opt('CFG (>= 1)')] = 3.0,
+                             seed: Annotated[int, _opt('sampling seed')] = 0, threads: Threads = None):
+    "Frames of toy InfinityStar samples, one row per caption of the moving-Shapes test split (captions printed in order)."
+    from mvp_vpg.toy.video_train import load_toy_infinitystar, load_toy_video_tokenizer, ToyTextEncoder
+    from mvp_vpg.toy.video_eval import preview_toy_video
+    from mvp_vpg.data.moving_shapes import clip_split
+    _threads(threads)
+    m, tok = load_toy_infinitystar(infinitystar), load_toy_video_tokenizer(tokenizer)
+    caps = clip_split('test', n)[2]
+    path, _ = preview_toy_video(m, tok, ToyTextEncoder(clip, m.cfg.text_channels), caps, out, cfg, seed)
+    return {'frames': str(path), 'captions': caps}
