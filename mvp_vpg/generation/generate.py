@@ -165,7 +165,8 @@ def generate(out, conds: Sequence, sampler: Callable, seed: int, batch_size: int
                            'seed_rule': 'generator seed of global batch b = seed*1000003 + b; batch b = images [b*bs, (b+1)*bs)',
                            'name_pattern': name(0) if name is not index_name else '{i:06d}.png'})
         mpath = out / manifest if manifest else None
-        clear = mpath is not None and check_resume(mpath, settings, overwrite)   # every rank decides alike
+        clear = mpath is not None and check_resume(mpath, settings, overwrite)   # every rank decides alike ...
+        barrier()                                     # ... on the folder as it was: nothing is written before all have looked
         if clear and rank == 0: empty_run_folder(out)
         man = {'settings': settings, 'complete': False, 'world_size': world, 'info': _canon(info or {})}
         if rank == 0:
