@@ -15,5 +15,6 @@ else
   dvc repro "$@"
   echo; cat reports/headline/results.md
   echo; cat reports/headline/infinity.md
-  echo "Figures: reports/headline/paired.png (paired differences), reports/headline/grid.png (samples), reports/headline/infinity_grid.png (toy Infinity samples)"
+  echo; cat reports/headline/video.md
+  echo "Figures: reports/headline/paired.png (paired differences), reports/headline/grid.png (samples), reports/headline/infinity_grid.png (toy Infinity samples), reports/headline/video_frames.png (toy InfinityStar clips)"
 fi
