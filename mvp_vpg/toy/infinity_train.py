@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from ..utils.checks import nearest_hint
 from ..utils.io import atomic_write_dir, file_hash, fingerprint, read_jsonl
-from ..utils.training import batch_indices, lr_at, autocast
+from ..utils.training import batch_indices, lr_at, optimizer_step, autocast
 from ..utils.images import images_to_tensor, to_pm1
 from ..data import shapes
 from ..models.bsq import resize_codes
@@ -235,9 +235,7 @@ def train_toy_bsq(params: dict, out, *, state_dir=None, device='cpu', stop_at: i
         rl = h['l1'] * F.l1_loss(rec, x) + h['mse'] * F.mse_loss(rec, x)
         commit = F.mse_loss(f, f_hat)
         loss = rl + h['commit'] * commit
-        opt.zero_grad(set_to_none=True); loss.backward()
-        if h['grad_clip']: nn.utils.clip_grad_norm_(vae.parameters(), h['grad_clip'])
-        opt.step()
+        optimizer_step(opt, loss, vae.parameters(), h['grad_clip'])
         history.append([step, round(loss.item(), 6), round(rl.item(), 6), round(commit.item(), 6)])
         bar.set_postfix(rec=f'{rl.item():.4f}', commit=f'{commit.item():.4f}', refresh=False)
         if (step + 1) % h['ckpt_every'] == 0 or step + 1 == end: save_state(state_dir, vae, opt, step + 1, meta)
@@ -357,9 +355,7 @@ def train_toy_infinity(params: dict, bsq_folder, clip_folder, out, *, state_dir=
         x = teacher_inputs(bb, list(b.split(bb.scale_lengths(), 1)))
         with autocast(h['amp'], device): logits = model(text, x, schedule=bb.schedule)
         loss, acc = bit_loss(logits, b)
-        opt.zero_grad(set_to_none=True); loss.backward()
-        gn = nn.utils.clip_grad_norm_(model.parameters(), h['grad_clip']) if h['grad_clip'] else torch.tensor(0.0)
-        opt.step()
+        gn = optimizer_step(opt, loss, model.parameters(), h['grad_clip'])
         history.append([step, round(loss.item(), 6), round(acc.mean().item(), 5), round(float(gn), 4)])
         bar.set_postfix(loss=f'{loss.item():.4f}', acc=f'{acc.mean().item():.4f}', refresh=False)
         if (step + 1) % h['ckpt_every'] == 0 or step + 1 == end: save_state(state_dir, model, opt, step + 1, meta, extra=cache)

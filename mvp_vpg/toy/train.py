@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from ..utils.io import atomic_write_dir, file_hash, fingerprint
 from ..utils.params import load_params
-from ..utils.training import batch_indices, lr_at, autocast
+from ..utils.training import batch_indices, lr_at, optimizer_step, autocast
 from ..utils.images import save_grid, images_to_tensor, to_pm1
 from ..models.vqvae import VQVAE, VQVAEConfig, tokenize, split_tokens
 from ..models.var import VAR, VARConfig
@@ -267,10 +267,7 @@ def train_vqvae(params: dict, out, *, state_dir=None, device='cpu', stop_at: int
         with autocast(h['amp'], device): rec = vae.decoder(vae.post_quant_conv(f_st))
         rl = recon_loss(rec.float(), x, h['l1'], h['mse'], h['edge'])
         loss = rl + h['vq_weight'] * vq_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if h['grad_clip']: nn.utils.clip_grad_norm_(vae.parameters(), h['grad_clip'])
-        opt.step()
+        optimizer_step(opt, loss, vae.parameters(), h['grad_clip'])
         history.append([step, round(loss.item(), 6), round(rl.item(), 6), round(vq_loss.item(), 6)])
         if h['reset_every'] and (step + 1) % h['reset_every'] == 0 and step < h['reset_until'] * steps:
             n = reset_dead_codes(vae, pool, h['dead_frac'])
@@ -366,10 +363,7 @@ def train_var(params: dict, vae_folder, out, *, state_dir=None, device='cpu', st
         with autocast(h['amp'], device): logits = var(lab[bi].to(device), x_in)
         loss = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), torch.cat(idx, 1).reshape(-1),
                                label_smoothing=h['label_smoothing'])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = nn.utils.clip_grad_norm_(var.parameters(), h['grad_clip']) if h['grad_clip'] else torch.tensor(0.0)
-        opt.step()
+        gn = optimizer_step(opt, loss, var.parameters(), h['grad_clip'])
         history.append([step, round(loss.item(), 6), round(float(gn), 4)])
         bar.set_postfix(loss=f'{loss.item():.4f}', refresh=False)
         if (step + 1) % h['ckpt_every'] == 0 or step + 1 == end:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from ..utils.io import file_hash, fingerprint
 from ..utils.checks import nearest_hint
-from ..utils.training import batch_indices, lr_at, autocast
+from ..utils.training import batch_indices, lr_at, optimizer_step, autocast
 from ..data.moving_shapes import clip_split
 from ..models.infinity_vae import InfinityVAE, InfinityVAEConfig
 from ..models.infinitystar import InfinityStar, InfinityStarConfig, bit_loss_acc
@@ -237,9 +237,7 @@ def train_toy_video_tokenizer(params: dict, out, *, state_dir=None, device='cpu'
         rl = h['l1'] * F.l1_loss(rec, x) + h['mse'] * F.mse_loss(rec, x)
         commit = F.mse_loss(f, fh)
         loss = rl + h['commit'] * commit
-        opt.zero_grad(set_to_none=True); loss.backward()
-        if h['grad_clip']: nn.utils.clip_grad_norm_(tok.parameters(), h['grad_clip'])
-        opt.step()
+        optimizer_step(opt, loss, tok.parameters(), h['grad_clip'])
         history.append([step, round(loss.item(), 6), round(rl.item(), 6), round(commit.item(), 6)])
         bar.set_postfix(rec=f'{rl.item():.4f}', refresh=False)
         if (step + 1) % h['ckpt_every'] == 0 or step + 1 == end: save_state(state_dir, tok, opt, step + 1, meta)
@@ -350,9 +348,7 @@ def train_toy_infinitystar(params: dict, tokenizer_folder, clip_folder, out, *, 
         with autocast(h['amp'], device): logits = model(text, teacher_inputs(bb, b), tok.steps, rope=rope)
         tl, acc = bit_loss_acc(logits, b)
         loss = tl.mean()
-        opt.zero_grad(set_to_none=True); loss.backward()
-        gn = nn.utils.clip_grad_norm_(model.parameters(), h['grad_clip']) if h['grad_clip'] else torch.tensor(0.0)
-        opt.step()
+        gn = optimizer_step(opt, loss, model.parameters(), h['grad_clip'])
         history.append([step, round(loss.item(), 6), round(acc.mean().item(), 5), round(float(gn), 4)])
         bar.set_postfix(loss=f'{loss.item():.4f}', acc=f'{acc.mean().item():.4f}', refresh=False)
         if (step + 1) % h['ckpt_every'] == 0 or step + 1 == end: save_state(state_dir, model, opt, step + 1, meta, extra=cache)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['batch_indices', 'lr_at', 'autocast', 'reset_peak_memory', 'peak_memory', 'open_live']
+__all__ = ['batch_indices', 'lr_at', 'optimizer_step', 'autocast', 'reset_peak_memory', 'peak_memory', 'open_live']
 
 # %% ../../nbs/09_training.ipynb #c44bb2ec
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
@@ -29,6 +29,14 @@ def lr_at(step: int, steps: int, peak: float, warmup: float = 0.05, final: float
     plateau = wp + round(0.05 * (steps - wp))
     if step < plateau: return peak
     return peak * (1 - (1 - final) * (step - plateau) / max(steps - 1 - plateau, 1))
+
+# %% ../../nbs/09_training.ipynb #873d72c7
+def optimizer_step(opt, loss: torch.Tensor, params, grad_clip: float = 0.0) -> float:
+    "Zero the grads, backpropagate `loss`, clip the gradient norm of `params` to `grad_clip` (0: off), step. Returns the norm (0.0 unclipped)."
+    opt.zero_grad(set_to_none=True); loss.backward()
+    gn = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip else torch.tensor(0.0)
+    opt.step()
+    return float(gn)
 
 # %% ../../nbs/09_training.ipynb #d66316b3
 def autocast(amp: str, device):
