@@ -6,7 +6,7 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/pipeline.html.md"""
 
 # %% ../../nbs/70_pipeline.ipynb #35bf2e24
 from __future__ import annotations
-import json
+import json, warnings
 from pathlib import Path
 from typing import Annotated
 import numpy as np
@@ -80,6 +80,7 @@ def caption_folder_blip2(data_dir: Path, blip2_dir: Path, out: Path, batch_size=
     done = {json.loads(l)['id'] for l in out.read_text().splitlines()} if out.exists() else set()
     todo = [(f, c) for f, c in files if f.stem not in done]
     out.parent.mkdir(parents=True, exist_ok=True)
+    empty = 0
     with open(out, 'a') as fh:
         for i in tqdm(range(0, len(todo), batch_size), desc='BLIP-2 captions'):
             chunk = todo[i:i + batch_size]
@@ -87,9 +88,13 @@ def caption_folder_blip2(data_dir: Path, blip2_dir: Path, out: Path, batch_size=
             with torch.no_grad():
                 ids = model.generate(**proc(images=ims, return_tensors='pt').to(device), max_new_tokens=40)
             for (f, c), cap in zip(chunk, proc.batch_decode(ids, skip_special_tokens=True)):
+                empty += not cap.strip()
                 fh.write(json.dumps({'id': f.stem, 'label': c, 'class_name': classes[c],
                                      'sentence': photo_sentence(classes[c]), 'caption': cap.strip()}) + '\n')
             fh.flush()  # whole lines only: a killed run resumes from the last complete batch
+    if empty:   # kept (the ids are done), but the caption losses would see empty texts: say so
+        warnings.warn(f"{empty} of {len(todo)} BLIP-2 captions in {out} are empty: check that {blip2_dir} is a trained BLIP-2 "
+                      f"(captions feed MVP's caption losses)")
 
 # %% ../../nbs/70_pipeline.ipynb #42a3f376
 def base_model_paths(params) -> tuple[Path, Path]:
