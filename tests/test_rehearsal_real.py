@@ -11,6 +11,7 @@ import numpy as np
 import pytest, torch, yaml
 from PIL import Image
 from _repo import copy_repo, run
+from _tiny import tiny_blip2
 
 pytestmark = pytest.mark.slow            # ~2 min of CPU: a dozen stage processes; runs in CI like every test
 
@@ -63,31 +64,13 @@ def _imagenet(root: Path) -> Path:
     (root / 'LOC_synset_mapping.txt').write_text(''.join(f'{w} {n}, other name\n' for w, n in WNIDS.items()))
     return root
 
-def _blip2(d: Path) -> Path:
-    "A tiny random BLIP-2 (OPT) + processor written with save_pretrained, as a downloaded checkpoint is."
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, Blip2VisionConfig,
-                              Blip2QFormerConfig, OPTConfig, PreTrainedTokenizerFast)
-    torch.manual_seed(0)
-    vis = Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
-    qf = Blip2QFormerConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, encoder_hidden_size=32, vocab_size=100)
-    txt = OPTConfig(vocab_size=1000, hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2, word_embed_proj_dim=32)
-    cfg = Blip2Config(vision_config=vis.to_dict(), qformer_config=qf.to_dict(), text_config=txt.to_dict(), num_query_tokens=4)
-    cfg.image_token_index = 3
-    words = ['<pad>', '</s>', '<unk>', '<image>'] + [f'w{i}' for i in range(996)]
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token='<unk>')); tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token='<pad>', eos_token='</s>', bos_token='</s>', unk_token='<unk>')
-    Blip2ForConditionalGeneration(cfg).save_pretrained(d)
-    Blip2Processor(image_processor=BlipImageProcessor(size={'height': 32, 'width': 32}), tokenizer=tok, num_query_tokens=4).save_pretrained(d)
-    return d
-
 def _assets(a: Path, repo: Path) -> dict:
     a.mkdir()
     rng = np.random.default_rng(3)
     np.savez(a / 'VIRTUAL_imagenet256_labeled.npz', arr_0=rng.integers(0, 255, (4, 256, 256, 3), dtype=np.uint8))
     (a / 'evaluator.py').write_text(FAKE_ADM)
     return {**_var_and_vqvae(a), 'inception': _inception(a), 'adm_evaluator': a / 'evaluator.py',
-            'adm_ref': a / 'VIRTUAL_imagenet256_labeled.npz', 'data': _imagenet(a / 'imagenet'), 'blip2': _blip2(a / 'blip2'),
+            'adm_ref': a / 'VIRTUAL_imagenet256_labeled.npz', 'data': _imagenet(a / 'imagenet'), 'blip2': tiny_blip2(a / 'blip2'),
             'clip': repo / 'data/toy/clip'}          # the toy CLIP is an open_clip local-dir folder, the format `clip` takes
 
 def _prompts(d: Path) -> dict:
