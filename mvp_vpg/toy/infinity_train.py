@@ -29,7 +29,7 @@ from ..models.infinity_layers import TextCond, scale_schedule
 from ..models.infinity_backbone import InfinityBackbone
 from ..models.checkpoints import save_artifact, read_artifact_config, read_state_dict, write_safetensors, check_state_dict
 from ..models.toy_clip import load_toy_clip
-from .train import section, default_state_dir, load_train_state, _start
+from .train import section, default_state_dir, resume_run
 
 # %% auto #0
 __all__ = ['TOY_INFINITY', 'toy_infinity_section', 'load_split', 'scene_prompt', 'pick_texts', 'ToyTextEncoder', 'bsq_config',
@@ -217,10 +217,7 @@ def train_toy_bsq(params: dict, out, *, state_dir=None, device='cpu', stop_at: i
     torch.manual_seed(h['seed'])
     vae = InfinityVAE(cfg).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=h['lr'], betas=(0.9, 0.99), weight_decay=h['weight_decay'])
-    meta = _start(state_dir, fp, steps, log)
-    if meta is not None:
-        meta = load_train_state(state_dir, vae, opt); log(f"resuming {out.name} from step {meta['step']} ({state_dir})")
-    start, history = (meta['step'], meta['history']) if meta else (0, [])
+    _, start, history = resume_run(state_dir, fp, steps, vae, opt, log, out.name)
     meta = {'fingerprint': fp, 'kind': 'toy_bsq', 'history': history}
     vae.train()
     end = steps if stop_at is None else min(stop_at, steps)
@@ -333,13 +330,9 @@ def train_toy_infinity(params: dict, bsq_folder, clip_folder, out, *, state_dir=
     rest = [p for p in model.parameters() if all(p is not q for q in decay)]
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': h['weight_decay']}, {'params': rest, 'weight_decay': 0.0}],
                             lr=h['lr'], betas=(0.9, 0.95))
-    meta = _start(state_dir, fp, steps, log)
-    if meta is not None:
-        meta = load_train_state(state_dir, model, opt); log(f"resuming {out.name} from step {meta['step']} ({state_dir})")
-        cache = read_state_dict(state_dir / 'cache.safetensors')
-    else:
-        cache = {'train_bits': _tokens(vae, load_split(params, 'train', data_dir=data_dir)[0], vae.schedule)}
-    start, history = (meta['step'], meta['history']) if meta else (0, [])
+    meta, start, history = resume_run(state_dir, fp, steps, model, opt, log, out.name)
+    cache = (read_state_dict(state_dir / 'cache.safetensors') if meta is not None
+             else {'train_bits': _tokens(vae, load_split(params, 'train', data_dir=data_dir)[0], vae.schedule)})
     meta = {'fingerprint': fp, 'kind': 'toy_infinity', 'history': history}
     recs = load_split(params, 'train', data_dir=data_dir)[1]
     tok = cache['train_bits']

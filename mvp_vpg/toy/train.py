@@ -26,7 +26,7 @@ from ..data import shapes
 # %% auto #0
 __all__ = ['REQUIRED', 'OPTIONAL', 'section', 'vqvae_config', 'var_config', 'default_state_dir', 'save_train_state',
            'load_train_state', 'read_meta', 'quantize_train', 'init_codebook', 'reset_dead_codes', 'edge_l1',
-           'recon_loss', 'vqvae_metrics', 'train_vqvae', 'var_param_groups', 'var_metrics', 'train_var',
+           'recon_loss', 'vqvae_metrics', 'resume_run', 'train_vqvae', 'var_param_groups', 'var_metrics', 'train_var',
            'preview_recon', 'preview_samples']
 
 # %% ../../nbs/11_toy_train.ipynb #f628ce94
@@ -233,6 +233,13 @@ def _start(state_dir: Path, fp: str, steps: int, log) -> dict | None:
         log(f"{state_dir}: holds step {meta['step']} > steps={steps}, starting afresh"); shutil.rmtree(state_dir); return None
     return meta
 
+def resume_run(state_dir: Path, fp: str, steps: int, model, opt, log, name: str) -> tuple:
+    "(meta or None, start step, history): an unfinished run's saved state (same fingerprint) loaded into `model` and `opt`."
+    meta = _start(state_dir, fp, steps, log)
+    if meta is None: return None, 0, []
+    meta = load_train_state(state_dir, model, opt); log(f"resuming {name} from step {meta['step']} ({state_dir})")
+    return meta, meta['step'], meta['history']
+
 def train_vqvae(params: dict, out, *, state_dir=None, device='cpu', stop_at: int | None = None, progress: bool = True,
                 log=print) -> dict:
     """Train the toy multi-scale VQVAE of `params` (sections `data`, `vqvae`) and write it to `out` (model folder).
@@ -247,12 +254,8 @@ def train_vqvae(params: dict, out, *, state_dir=None, device='cpu', stop_at: int
     torch.manual_seed(h['seed'])
     vae = VQVAE(cfg).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=h['lr'], betas=(0.9, 0.99), weight_decay=h['weight_decay'])
-    meta = _start(state_dir, fp, steps, log)
-    if meta is not None:
-        meta = load_train_state(state_dir, vae, opt); start, history = meta['step'], meta['history']
-        log(f"resuming {out.name} from step {start} ({state_dir})")
-    else:
-        start, history = 0, []
+    meta, start, history = resume_run(state_dir, fp, steps, vae, opt, log, out.name)
+    if meta is None:
         init_codebook(vae, to_pm1(train_x[batch_indices(len(train_x), min(256, len(train_x)), 0, h['seed'] + 1)]).to(device))
     meta = {'fingerprint': fp, 'kind': 'vqvae', 'history': history, 'resets': meta.get('resets', []) if meta else []}
     vae.train()
@@ -337,14 +340,11 @@ def train_var(params: dict, vae_folder, out, *, state_dir=None, device='cpu', st
     var = VAR(cfg).to(device)
     var.init_weights(init_adaln=h['init_adaln'], init_adaln_gamma=h['init_adaln_gamma'], init_head=h['init_head'])
     opt = torch.optim.AdamW(var_param_groups(var, h['weight_decay']), lr=h['lr'], betas=(0.9, 0.95))
-    meta = _start(state_dir, fp, steps, log)
+    meta, start, history = resume_run(state_dir, fp, steps, var, opt, log, out.name)
     train_y = val_x = None
     if meta is not None:
-        meta = load_train_state(state_dir, var, opt); start, history = meta['step'], meta['history']
         cache = read_state_dict(state_dir / 'cache.safetensors')
-        log(f"resuming {out.name} from step {start} ({state_dir})")
     else:
-        start, history = 0, []
         train_x, train_y = _split(params, 'train')
         val_x, val_y = _split(params, 'val')
         cache = {'train_tokens': tokenize(vae, train_x, progress=progress), 'train_labels': train_y,

@@ -28,7 +28,7 @@ from ..models.infinitystar_layers import StarStep, step_rope
 from ..models.infinitystar_backbone import InfinityStarBackbone, codes_on_grid
 from ..models.infinity_layers import TextCond
 from ..models.checkpoints import save_artifact, read_artifact_config, read_state_dict, check_state_dict
-from .train import default_state_dir, load_train_state, _start
+from .train import default_state_dir, resume_run
 from .infinity_train import (ToyTextEncoder, toy_infinity_section, bsq_config, load_toy_bsq, save_state,
                                         drop_text)
 
@@ -220,10 +220,7 @@ def train_toy_video_tokenizer(params: dict, out, *, state_dir=None, device='cpu'
     tok = ToyVideoTokenizer(cfg, steps_sched).to(device)
     if init_sd is not None: tok.vae.load_state_dict(init_sd, strict=True)
     opt = torch.optim.AdamW(tok.parameters(), lr=h['lr'], betas=(0.9, 0.99), weight_decay=0.0)
-    meta = _start(state_dir, fp, h['steps'], log)
-    if meta is not None:
-        meta = load_train_state(state_dir, tok, opt); log(f"resuming {out.name} from step {meta['step']} ({state_dir})")
-    start, history = (meta['step'], meta['history']) if meta else (0, [])
+    _, start, history = resume_run(state_dir, fp, h['steps'], tok, opt, log, out.name)
     meta = {'fingerprint': fp, 'kind': 'toy_video_tokenizer', 'history': history}
     tok.train()
     end = h['steps'] if stop_at is None else min(stop_at, h['steps'])
@@ -327,14 +324,11 @@ def train_toy_infinitystar(params: dict, tokenizer_folder, clip_folder, out, *, 
     rest = [p for p in model.parameters() if all(p is not q for q in decay)]
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': h['weight_decay']}, {'params': rest, 'weight_decay': 0.0}],
                             lr=h['lr'], betas=(0.9, 0.95))
-    meta = _start(state_dir, fp, h['steps'], log)
+    meta, start, history = resume_run(state_dir, fp, h['steps'], model, opt, log, out.name)
     videos, caps = load_clips(sec, 'train')
-    if meta is not None:
-        meta = load_train_state(state_dir, model, opt); log(f"resuming {out.name} from step {meta['step']} ({state_dir})")
-        cache = read_state_dict(state_dir / 'cache.safetensors')
-    else: cache = {f'bits{k}': b for k, b in enumerate(_video_bits(tok, videos))}
+    cache = (read_state_dict(state_dir / 'cache.safetensors') if meta is not None
+             else {f'bits{k}': b for k, b in enumerate(_video_bits(tok, videos))})
     all_bits = [cache[f'bits{k}'] for k in range(len(tok.steps))]
-    start, history = (meta['step'], meta['history']) if meta else (0, [])
     meta = {'fingerprint': fp, 'kind': 'toy_infinitystar', 'history': history}
     model.train()
     end = h['steps'] if stop_at is None else min(stop_at, h['steps'])
