@@ -234,14 +234,17 @@ def prompt_set_checks(layout: str, n_per_prompt: int, metas, names):
     if n_per_prompt < 1: raise ValueError(f"--n-per-prompt must be >= 1, got {n_per_prompt}")
 
 # %% ../../nbs/50_generate.ipynb #6914ab7d
-def finish_layout(out, layout: str, texts, metas, names, n_per_prompt: int):
-    "After a complete generation: texts.txt (numbered), per-prompt metadata (geneval) or the 2×2 grids (dpg)."
+def finish_layout(out, layout: str, texts, metas, names, n_per_prompt: int, tiles=None):
+    """After a complete generation: texts.txt (numbered), per-prompt metadata (geneval) or the 2×2 grids (dpg) of the
+    tiles in `tiles` (default `tiles_dir(out)`)."""
     out = Path(out)
     if layout == 'numbered': write_text(out / 'texts.txt', '\n'.join(texts) + '\n')
     elif layout == 'geneval': write_geneval_metadata(out, metas)
-    else: dpg_from_folder(tiles_dir(out), out, names, n_per_prompt)
+    else: dpg_from_folder(tiles or tiles_dir(out), out, names, n_per_prompt)
 
 # %% ../../nbs/50_generate.ipynb #09b91068
-def tiles_dir(out) -> Path:
-    "Where the single DPG-Bench tiles of `out` are generated (outside the flat folder the evaluator reads)."
-    return Path(out).with_name(Path(out).name + '.tiles')
+def tiles_dir(out, inside: bool = False) -> Path:
+    """Where the single DPG-Bench tiles of `out` are generated: the sibling `<out>.tiles/`, or with `inside` the
+    subfolder `<out>/tiles/`, so that one folder holds the whole run (what one dvc output tracks; the dpg stage hands
+    the evaluator the grids only)."""
+    return Path(out) / 'tiles' if inside else Path(out).with_name(Path(out).name + '.tiles')

@@ -26,12 +26,13 @@ STAR_PRESETS = {   # the official scripts' settings (tools/infer_video_720p.py /
                  video_scale_repetition=[3] * 12 + [2, 1], durations=(5, 10)),
 }
 
-def preset_schedule(preset: str = '720p', duration: int = 5) -> list:
-    "The steps of an official setting: '720p' (5 s) or '480p' (5 or 10 s); video_frames = 16·duration + 1."
+def preset_schedule(preset: str = '720p', duration: int = 5, pn: str | None = None) -> list:
+    """The steps of an official setting: '720p' (5 s) or '480p' (5 or 10 s); video_frames = 16·duration + 1. `pn`:
+    another resolution of the pyramid ('0.06M' / '0.40M' / '0.90M'; a cheaper preview), the preset's own when None."""
     if preset not in STAR_PRESETS: raise ValueError(f"preset must be one of {list(STAR_PRESETS)}, got {preset!r}")
     p = dict(STAR_PRESETS[preset]); durs = p.pop('durations'); p.pop('detail_scale_min_tokens')
     if duration not in durs: raise ValueError(f"the {preset} checkpoint is released for durations {durs} s, got {duration}")
-    return star_schedule(video_frames=16 * duration + 1, **p)
+    return star_schedule(video_frames=16 * duration + 1, **{**p, 'pn': pn or p['pn']})
 
 # %% ../../nbs/03n_infinitystar_backbone.ipynb #17afe4cd
 def codes_on_grid(bits, d_out: int, grid: tuple) -> torch.Tensor:

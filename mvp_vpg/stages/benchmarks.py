@@ -6,11 +6,12 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/benchmark_stages.html.md"""
 
 # %% ../../nbs/74_benchmark_stages.ipynb #b03bc463
 from __future__ import annotations
+import shutil, tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 import typer
 from ..utils.io import write_json, file_hash
-from ..utils.params import load_params, active_profile, profile_asset
+from ..utils.params import load_params, active_profile, profile_asset, need_path
 from .config import load_config
 from ..utils.distributed import dist_env, default_device
 from ..utils.images import read_rgb
@@ -25,8 +26,8 @@ from . import pipeline
 from .generate import tuned_t2i_sampler
 
 # %% auto #0
-__all__ = ['GENEVAL_TOY_DEFAULTS', 'P', 'MetricsOut', 'stage_geneval_toy', 'stage_dpg_toy', 'geneval_toy_cmd', 'dpg_toy_cmd',
-           'geneval_cmd', 'dpg_cmd', 'vbench_cmd']
+__all__ = ['GENEVAL_TOY_DEFAULTS', 'P', 'MetricsOut', 'stage_geneval_toy', 'stage_dpg_toy', 'dpg_grid_view', 'geneval_toy_cmd',
+           'dpg_toy_cmd', 'geneval_cmd', 'dpg_cmd', 'vbench_cmd']
 
 # %% ../../nbs/74_benchmark_stages.ipynb #62dbdff0
 GENEVAL_TOY_DEFAULTS = {'n_per_category': 12, 'n_per_prompt': 4, 'categories': ['single_object', 'colors'], 'seed': 0}
@@ -93,6 +94,17 @@ def stage_dpg_toy(params, name: str, run, variant: str = 'base', out_root='outpu
     write_json(res, Path(metrics_dir) / f'dpg_toy_{name}.json')
     return res
 
+# %% ../../nbs/74_benchmark_stages.ipynb #8d788d6b
+def dpg_grid_view(images, dest) -> Path:
+    """`dest`, emptied: links to the `<name>.png` grids of `images`, the folder DPG-Bench's evaluator is given. It scores
+    every entry of its folder and writes its result files into it, so it never sees the generation's `tiles/` or old
+    results, and the generated folder (a dvc output, the dpg stage's dependency) stays unchanged."""
+    grids = sorted(p for p in need_path(images, 'dpg images', 'a folder of DPG-Bench grids (layout dpg)').glob('*.png') if p.is_file())
+    if not grids: raise FileNotFoundError(f"{images} holds no <name>.png DPG-Bench grids (generate them with --layout dpg)")
+    dest = Path(dest); shutil.rmtree(dest, ignore_errors=True); dest.mkdir(parents=True)
+    for g in grids: (dest / g.name).symlink_to(g.resolve())
+    return dest
+
 # %% ../../nbs/74_benchmark_stages.ipynb #bc33afd7
 def _bench_python(params) -> str: return active_profile(params)[1].get('bench_python') or 'python'
 def _opt(help: str, **kw): return typer.Option(help=help, **kw)
@@ -123,9 +135,15 @@ def geneval_cmd(images: Annotated[Path, _opt('generations in the GenEval layout'
 
 def dpg_cmd(images: Annotated[Path, _opt('2x2 grids named by prompt file')], resolution: Annotated[int, _opt('side of one tile in pixels')],
             out: MetricsOut, processes: Annotated[int, _opt('evaluator processes')] = 1, params: pipeline.ParamsFile = P) -> dict:
-    "DPG-Bench on 2x2 grids named by prompt file, with the profile's ELLA checkout."
+    "DPG-Bench on 2x2 grids named by prompt file, with the profile's ELLA checkout; its result files are kept in `<out>.results/`."
     p = load_config(params)
-    r = run_dpg(profile_asset(p, 'dpg_bench', BENCH_ASSETS['dpg_bench']), images, resolution, processes)
+    ella = profile_asset(p, 'dpg_bench', BENCH_ASSETS['dpg_bench'])
+    keep = Path(out).with_suffix('.results')
+    with tempfile.TemporaryDirectory() as tmp:
+        view = dpg_grid_view(images, Path(tmp) / Path(images).name)
+        r = run_dpg(ella, view, resolution, processes)
+        shutil.rmtree(keep, ignore_errors=True); keep.mkdir(parents=True)
+        for f in view.glob('dpg-bench_*.txt'): shutil.copy2(f, keep / f.name)
     write_json({**r, 'tool': 'dpg', 'images': str(images)}, out); return r
 
 def vbench_cmd(videos: Annotated[Path, _opt("videos named '<prompt>-<i>.mp4'")], out: MetricsOut,

@@ -70,7 +70,8 @@ def run_sample(
     n_per_prompt: Annotated[int, _opt('samples per prompt (GenEval 4, DPG-Bench 4)')] = 1,
     layout: Annotated[str, _opt('text-to-image file layout: numbered, geneval, dpg')] = 'numbered',
     tau: Annotated[Optional[float], _opt('Infinity: logit temperature (official evaluation: 1.0)')] = None,
-    pn: Annotated[str, _opt('Infinity: resolution schedule 0.06M / 0.25M / 0.60M / 1M')] = '1M',
+    pn: Annotated[Optional[str], _opt("resolution: Infinity 0.06M / 0.25M / 0.60M / 1M (default 1M); InfinityStar 0.06M / 0.40M / 0.90M "
+                                      "(default: the preset's); '' = the default")] = None,
     preset: Annotated[str, _opt("InfinityStar: '720p' or '480p'")] = '720p',
     duration: Annotated[int, _opt('InfinityStar: seconds of video (720p: 5; 480p: 5 or 10)')] = 5,
     star_guidance: Annotated[str, _opt("InfinityStar: 'apg' (official) or 'cfg'")] = 'apg',
@@ -105,10 +106,11 @@ def run_sample(
                                 1.0, 0.4 if tau is None else tau, seed, mode, preset, duration, duration_tag, suffix, None,
                                 vpg_lambda, vpg_p, vpg_variant, vpg_redraw,
                                 vpg_schedule if vpg_schedule == 'semantic' else parse_schedule(vpg_schedule),
-                                device=None if device == 'auto' else str(pick_device(device)), progress=progress, overwrite=overwrite)
+                                device=None if device == 'auto' else str(pick_device(device)), progress=progress, overwrite=overwrite,
+                                pn=pn or None)
     if model != 'var':
         return run_sample_t2i(model, out, prompt, prompts, checkpoint, vae, text_encoder, params, n_per_prompt, layout, batch_size,
-                              cfg, tau, top_k, top_p, seed, mode, pn, 1.0, vpg_lambda, vpg_p, vpg_variant, vpg_redraw,
+                              cfg, tau, top_k, top_p, seed, mode, pn or '1M', 1.0, vpg_lambda, vpg_p, vpg_variant, vpg_redraw,
                               parse_schedule(vpg_schedule), None if device == 'auto' else str(pick_device(device)), progress,
                               overwrite=overwrite)
     if var is None or vae is None: raise ValueError("--model var needs --var and --vae (the VAR and VQVAE checkpoints)")

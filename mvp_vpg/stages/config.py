@@ -127,14 +127,20 @@ class T2IJob(Section):
     run: str; variant: str; prompts: str; n_per_prompt: int = Count; layout: Literal['numbered', 'geneval', 'dpg']; out: str
 
 class BackboneJob(Section):
-    "One text-to-image backbone generation of real/dvc.yaml (`mvp-vpg sample --model …`)."
+    "One text-to-image backbone generation of real/dvc.yaml (`mvp-vpg sample --model …`); `pn`: Infinity's resolution ('' = 1M)."
     model: Literal['infinity', 'hart']; prompts: str; layout: Literal['numbered', 'geneval', 'dpg']; n_per_prompt: int = Count
-    vpg_lambda: float; vpg_p: float = Field(ge=0, le=1); out: str
+    vpg_lambda: float; vpg_p: float = Field(ge=0, le=1); pn: Literal['', '0.06M', '0.25M', '0.60M', '1M']; out: str
 
 class VideoJob(Section):
-    "One InfinityStar generation of real/dvc.yaml in VBench's layout."
+    "One InfinityStar generation of real/dvc.yaml in VBench's layout: the official `preset` / `duration` (s), `pn` ('' = the preset's)."
     prompts: str; n_per_prompt: int = Count; vpg_lambda: float; vpg_p: float = Field(ge=0, le=1)
-    vpg_schedule: Union[Literal['all', 'semantic'], int, list[int]]; out: str
+    vpg_schedule: Union[Literal['all', 'semantic'], int, list[int]]; preset: Literal['720p', '480p']; duration: Literal[5, 10]
+    pn: Literal['', '0.06M', '0.40M', '0.90M']; out: str
+
+    @model_validator(mode='after')
+    def _released(self):
+        if self.preset == '720p' and self.duration != 5: raise ValueError("the 720p checkpoint is released for 5 s videos only (480p: 5 or 10)")
+        return self
 
 class RealEval(Section):
     variants: list[str]; tuned: dict[str, Tuned]; evaluate: list[str]; n_per_class: int = Count; expected: int = Count

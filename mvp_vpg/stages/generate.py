@@ -119,10 +119,10 @@ def generate_cmd(
         settings = {**base, 'conditions': {'kind': 'prompt', 'prompts': str(prompts), 'n_prompts': len(texts), 'n_per_prompt': n_per_prompt,
                                            'layout': layout, 'texts_sha256': hashlib.sha256('\n'.join(texts).encode()).hexdigest()}}
         name = layout_name(layout, n_per_prompt)
-        if layout == 'dpg': folder = tiles_dir(out)
+        if layout == 'dpg': folder = tiles_dir(out, inside=True)     # one folder per run: dvc tracks the tiles with the grids
     man = generate(folder, conds, sampler, seed, bs, settings, info, name=name, max_batches=max_batches,
                    on_max='hang' if hang_at_max else 'stop', progress=progress, overwrite=overwrite)
     if rank != 0: return
-    if man['complete'] and task == 't2i': finish_layout(out, layout, texts, metas, names, n_per_prompt)
+    if man['complete'] and task == 't2i': finish_layout(out, layout, texts, metas, names, n_per_prompt, tiles=folder)
     msg = 'complete' if man['complete'] else f"incomplete ({man['n_missing']} missing): run again to resume"
     print(f"generate: {out}: {man['settings']['n_images']} images, {msg}", file=sys.stderr)

@@ -66,19 +66,22 @@ def t2i_guidance(model: str, cfg: float, K: int, vpg_lambda: float = 0.0, vpg_p:
 
 # %% ../../nbs/72b_t2i_stage.ipynb #7989edff
 def load_t2i(model: str, paths: dict, device, pn: str = '1M'):
-    "(model, tokenizer/VAE, text encoder) of `model` from local files, on `device`."
+    """(model, tokenizer/VAE, text encoder) of `model` from local files, on `device`. T5 prompts are cut at the model's
+    text length (its cfg_uncond rows: 512 in the released files), which the unconditional branch needs."""
     if model == 'infinity':
         from mvp_vpg.models.infinity import load_infinity
         from mvp_vpg.models.infinity_vae import load_infinity_vae
         from mvp_vpg.models.t5_text import T5TextEncoder
-        return (load_infinity(paths['checkpoint'], device=device), load_infinity_vae(paths['vae'], device=device),
-                T5TextEncoder(paths['text_encoder'], device=device))
+        net = load_infinity(paths['checkpoint'], device=device)
+        return (net, load_infinity_vae(paths['vae'], device=device),
+                T5TextEncoder(paths['text_encoder'], device=device, max_length=net.cfg.text_maxlen))
     if model == 'infinitystar':
         from mvp_vpg.models.infinitystar import load_infinitystar
         from mvp_vpg.models.video_vae import load_video_vae
         from mvp_vpg.models.t5_text import T5TextEncoder
-        return (load_infinitystar(paths['checkpoint'], device=device), load_video_vae(paths['vae'], device=device, decoder_only=True),
-                T5TextEncoder(paths['text_encoder'], device=device))
+        net = load_infinitystar(paths['checkpoint'], device=device)
+        return (net, load_video_vae(paths['vae'], device=device, decoder_only=True),
+                T5TextEncoder(paths['text_encoder'], device=device, max_length=net.cfg.text_maxlen))
     from mvp_vpg.models.hart import load_hart
     from mvp_vpg.models.hart_tokenizer import load_hart_tokenizer
     from mvp_vpg.models.qwen2_text import Qwen2TextEncoder
@@ -125,12 +128,12 @@ def run_sample_t2i(model: str, out, prompt=None, prompts=None, checkpoint=None, 
                 'conditions': {'kind': 'prompt', 'n_prompts': len(texts), 'n_per_prompt': n_per_prompt, 'layout': layout,
                                'texts_sha256': hashlib.sha256('\n'.join(texts).encode()).hexdigest()}}
     info = {k: str(v) for k, v in (paths or {}).items()} | {'device': dev.type, 'torch': torch.__version__, 'mvp_vpg_command': ' '.join(sys.argv)}
-    folder = tiles_dir(out) if layout == 'dpg' else Path(out)
+    folder = tiles_dir(out, inside=True) if layout == 'dpg' else Path(out)     # one folder per run: dvc tracks the tiles with the grids
     man = generate(folder, prompt_conditions(texts, n_per_prompt), sampler, seed, batch_size, settings, info,
                    name=layout_name(layout, n_per_prompt), progress=progress, overwrite=overwrite)
     if dist_env()[0] != 0: return Path(out)          # under torchrun, rank 0 checks the whole folder and writes the layout
     if not man['complete']: raise RuntimeError(f"{out}: {man['n_missing']} images missing: run the same command again to resume")
-    finish_layout(out, layout, texts, metas, names, n_per_prompt)
+    finish_layout(out, layout, texts, metas, names, n_per_prompt, tiles=folder)
     return Path(out)
 
 # %% ../../nbs/72b_t2i_stage.ipynb #9d0ab4f1
@@ -150,9 +153,11 @@ def run_sample_video(out, prompt=None, prompts=None, checkpoint=None, vae=None, 
                      tau_video: float = 0.4, seed: int = 0, mode: str = 'fast', preset: str = '720p', duration: int = 5,
                      duration_tag: bool = False, suffix: bool = False, dimensions=None, vpg_lambda: float = 0.0,
                      vpg_p: float = 0.5, vpg_variant: str = 'full_embedding', vpg_redraw: str = 'per_scale', vpg_schedule='all',
-                     fps: int = 16, device=None, progress: bool = True, built=None, schedule=None, overwrite: bool = False) -> Path:
+                     fps: int = 16, device=None, progress: bool = True, built=None, schedule=None, overwrite: bool = False,
+                     pn: str | None = None) -> Path:
     """InfinityStar videos into `out` in VBench's layout. `prompt`: texts (named by the text); `prompts`: a VBench info
-    JSON. `built`: (model, video VAE, text encoder) already loaded; `schedule`: steps overriding `preset`/`duration`."""
+    JSON. `built`: (model, video VAE, text encoder) already loaded; `pn`: the preset's steps at another resolution
+    (None: the preset's); `schedule`: steps overriding `preset`/`duration`/`pn`."""
     from mvp_vpg.evaluation.vbench import read_vbench_info, vbench_prompts
     from mvp_vpg.models.infinitystar_backbone import preset_schedule
     p = load_config(params) if params is not None and Path(params).exists() else None
@@ -163,7 +168,7 @@ def run_sample_video(out, prompt=None, prompts=None, checkpoint=None, vae=None, 
     if mode not in ('fast', 'reference'): raise ValueError(f"--mode must be 'fast' or 'reference', got {mode!r}")
     entries = [{'prompt_en': t} for t in prompt] if prompt else vbench_prompts(read_vbench_info(prompts), dimensions)
     items = [(decorate(t, duration, duration_tag, suffix), n) for t, n in vbench_items(entries, n_per_prompt)]
-    steps = schedule if schedule is not None else preset_schedule(preset, duration)
+    steps = schedule if schedule is not None else preset_schedule(preset, duration, pn)
     cfg = MODELS['infinitystar'][2]['cfg'] if cfg is None else cfg
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     paths = None
@@ -175,7 +180,7 @@ def run_sample_video(out, prompt=None, prompts=None, checkpoint=None, vae=None, 
     g = t2i_guidance('infinitystar', cfg, len(steps), vpg_lambda, vpg_p, vpg_variant, vpg_redraw, sched, star_rule=guidance)
     sampler = infinitystar_sampler(net, vvae, encode, guidance_rule=g, mode=mode, tau_image=tau_image, tau_video=tau_video, schedule=steps)
     settings = {'model': 'infinitystar', 'guidance': repr(g), 'cfg': cfg, 'tau_image': tau_image, 'tau_video': tau_video, 'mode': mode,
-                'preset': preset if schedule is None else 'custom', 'duration': duration, 'n_steps': len(steps),
+                'preset': preset if schedule is None else 'custom', 'duration': duration, 'pn': pn, 'n_steps': len(steps),
                 'files_sha256': {k: file_hash(v) for k, v in (paths or {}).items() if Path(v).is_file()}}
     man = generate_videos(out, items, sampler, seed, settings, fps=fps, progress=progress, overwrite=overwrite)
     if not man['complete']: raise RuntimeError(f"{out}: videos missing: run the same command again to resume")
