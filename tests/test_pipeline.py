@@ -138,6 +138,12 @@ def test_mvp_runs_train_evaluate_and_feed_the_report(repo):
     assert '## MVP' in md and '| mvp_vpg |' in md
     rep = (repo / 'REPRODUCTION.md').read_text()
     assert 'MVP Table 1' in rep and 'VPG Table 2' in rep and 'train_mvp@' in rep
+    rows = {l.split(' | ')[0][2:]: l for l in rep.splitlines() if l.startswith('| ')}   # toy backbones: from their stages' metrics
+    inf = json.loads((repo / 'metrics/headline/infinity.json').read_text())['geneval']['paired']['overall']
+    assert f"headline: GenEval overall {inf['base']:.3f} → {inf['vpg']:.3f}" in rows['VPG Table 3'], rows['VPG Table 3']
+    lat = json.loads((repo / 'metrics/headline/video.json').read_text())['latency']['ratio']
+    assert f"VPG semantic-only {lat['vpg_semantic']:.2f}×" in rows['VPG App. B.2'] and 'unguided (CFG) ' in rows['VPG Table 4']
+    assert 'toy Infinity, +MVP: GenEval overall' in rows['MVP on Infinity'] and 'generate_video@' in rows['VPG Table 4']
 
 def test_toy_geneval_stage(repo):
     g = json.loads((repo / 'metrics/geneval_toy/geneval_toy_base.json').read_text())

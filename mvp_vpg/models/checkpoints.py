@@ -8,6 +8,7 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/checkpoints.html.md"""
 from __future__ import annotations
 import argparse, json, math, pickle
 from pathlib import Path
+from typing import Callable
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
@@ -16,9 +17,10 @@ from .vqvae import VQVAE, VQVAEConfig
 from .var import VAR, VARConfig
 
 # %% auto #0
-__all__ = ['CheckpointError', 'unwrap_state_dict', 'torch_load_safe', 'read_state_dict', 'read_shards', 'infer_var_config',
-           'infer_vqvae_config', 'check_state_dict', 'load_strict', 'load_var', 'load_vqvae', 'write_safetensors',
-           'save_artifact', 'read_artifact_config', 'save_pretrained', 'load_pretrained']
+__all__ = ['SMALL_MODEL', 'CheckpointError', 'unwrap_state_dict', 'torch_load_safe', 'read_state_dict', 'read_shards',
+           'infer_var_config', 'infer_vqvae_config', 'check_state_dict', 'load_strict', 'empty_model', 'load_var',
+           'load_vqvae', 'write_safetensors', 'save_artifact', 'read_artifact_config', 'save_pretrained',
+           'load_pretrained']
 
 # %% ../../nbs/03_checkpoints.ipynb #0398452f
 class CheckpointError(ValueError):
@@ -183,9 +185,22 @@ def load_strict(model: nn.Module, sd: dict, name: str = 'checkpoint'):
     model.load_state_dict(sd, strict=True)
     return model
 
+# %% ../../nbs/03_checkpoints.ipynb #e3cb0092
+SMALL_MODEL = 20_000_000   # tensor elements: a model up to this size is built on the CPU, a bigger one on the meta device
+
+def empty_model(build: Callable[[], nn.Module], sd: dict) -> nn.Module:
+    """`build()` for a loader that then replaces every tensor (`load_state_dict(sd, assign=True)`): on the meta device
+    (no memory, no initialisation) when `sd` holds more than `SMALL_MODEL` elements, else on the CPU with the global
+    RNG left as it was. Why not always meta: there torch runs the constructors' small ops (randn, log, cat, where) as
+    Python decompositions whose first call imports sympy and torch._dynamo, about 1 s per process; a small model
+    builds on the CPU in milliseconds."""
+    if sum(t.numel() for t in sd.values() if isinstance(t, torch.Tensor)) > SMALL_MODEL:
+        with torch.device('meta'): return build()
+    with torch.device('cpu'), torch.random.fork_rng(devices=[]): return build()
+
 # %% ../../nbs/03_checkpoints.ipynb #b90cc28a
 def _build(cls, cfg, sd, name, device):
-    with torch.device('meta'): m = cls(cfg)  # no init cost for multi-GB models
+    m = empty_model(lambda: cls(cfg), sd)
     if any(t.is_meta for t in sd.values()): raise CheckpointError(f"{name} holds meta tensors (shapes only), nothing to load")
     check_state_dict(m, sd, name)
     m.load_state_dict(sd, strict=True, assign=True)

@@ -15,7 +15,7 @@ from .hart_layers import RMSNorm, HARTBlock, AdaLNBeforeHead, rope_1d, rope_2d
 from .hart_diffusion import TimestepEmbedder
 from .hart_diffusion import DiffusionMLP
 from .var import KVCache
-from .checkpoints import CheckpointError, read_state_dict, check_state_dict
+from .checkpoints import empty_model, CheckpointError, read_state_dict, check_state_dict
 
 # %% auto #0
 __all__ = ['HARTConfig', 'DiffLoss', 'hart_buffers', 'HARTForT2I', 'hart_from_state_dict', 'load_hart']
@@ -230,7 +230,7 @@ def _one_line(e: Exception) -> str: return ' '.join(str(e).split())
 def hart_from_state_dict(sd: dict, cfg: HARTConfig, name: str = 'state dict', device='cpu', dtype=torch.float32) -> HARTForT2I:
     """Build `HARTForT2I(cfg)` and load `sd` strictly (official keys, incl. `diffloss.net.*`). The derived buffers
     (`lvl_1L`, `attn_bias_for_masking`, `zero_k_bias`) are checked against the config when present, filled in when not."""
-    with torch.device('meta'): m = HARTForT2I(cfg)
+    m = empty_model(lambda: HARTForT2I(cfg), sd)
     own = hart_buffers(cfg)
     for k, v in own.items():
         if k in sd and (tuple(sd[k].shape) != tuple(v.shape) or not torch.equal(sd[k].to(v.dtype), v)):

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from .checkpoints import CheckpointError
+from .checkpoints import CheckpointError, empty_model
 
 # %% auto #0
 __all__ = ['timestep_embedding', 'TimestepEmbedder', 'ResBlock', 'FinalLayer', 'DiffusionMLP', 'space_timesteps', 'cosine_betas',
@@ -95,7 +95,7 @@ class DiffusionMLP(nn.Module):
             raise CheckpointError(f"{name} has no residual diffusion MLP: missing {prefix}{e.args[0]} "
                                   f"(pass prefix='diffloss.net.' for a whole HART transformer state dict)") from None
         depth = len({k.split('.')[1] for k in sub if k.startswith('res_blocks.')})
-        with torch.device('meta'): m = cls(cin, width, depth, zc, cout, freq)
+        m = empty_model(lambda: cls(cin, width, depth, zc, cout, freq), sub)
         own = m.state_dict()
         bad = sorted(set(own) ^ set(sub)) + sorted(k for k in own if k in sub and own[k].shape != sub[k].shape)
         if bad: raise CheckpointError(f"{name}: diffusion MLP keys do not fit (missing/unexpected/mis-shaped: {', '.join(prefix + k for k in bad[:4])}"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 import torch
 from .vqvae import VQVAE, VQVAEConfig, MultiScaleQuantizer
-from .checkpoints import CheckpointError, read_state_dict, infer_vqvae_config, check_state_dict
+from .checkpoints import empty_model, CheckpointError, read_state_dict, infer_vqvae_config, check_state_dict
 
 # %% auto #0
 __all__ = ['HART_PATCH_NUMS_1024', 'HARTQuantizer', 'HARTEncoding', 'HARTTokenizer', 'hart_tokenizer_state_dict',
@@ -91,7 +91,7 @@ def tokenizer_from_state_dict(sd: dict, patch_nums=HART_PATCH_NUMS_1024, quant_r
     except (CheckpointError, ValueError) as e: raise CheckpointError(f"{name}: {_flat(e)}") from None
     k = 'quantize.ema_vocab_hit_SV'  # usage statistics: the official loader tolerates another number of scales
     if k in sd and sd[k].shape != (len(cfg.patch_nums), cfg.vocab_size): sd = {**sd, k: torch.zeros(len(cfg.patch_nums), cfg.vocab_size)}
-    with torch.device('meta'): tok = HARTTokenizer(cfg)
+    tok = empty_model(lambda: HARTTokenizer(cfg), sd)
     try: check_state_dict(tok, sd, name)
     except CheckpointError as e: raise CheckpointError(_flat(e)) from None
     tok.load_state_dict(sd, strict=True, assign=True)

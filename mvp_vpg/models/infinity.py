@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from .var import KVCache, SharedAdaLin, AdaLNBeforeHead
 from .infinity_layers import (TextCond, RMSNorm, TextAttentivePool, CrossAttnBlock, BlockChunk, mlp_hidden,
                                             rope_table, scale_schedule)
-from .checkpoints import read_shards, CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
+from .checkpoints import empty_model, read_shards, CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
 
 # %% auto #0
 __all__ = ['INFINITY_2B', 'INFINITY_8B', 'InfinityConfig', 'TextFeatures', 'Infinity', 'infer_infinity_config',
@@ -203,7 +203,7 @@ def load_infinity(path, device='cpu', dtype=None, **overrides) -> Infinity:
     only, as the official loader does; such a model runs under autocast (`mode='fast'`)."""
     sd = read_infinity_state_dict(path)
     cfg = infer_infinity_config(sd, **overrides)
-    with torch.device('meta'): model = Infinity(cfg)
+    model = empty_model(lambda: Infinity(cfg), sd)
     if any(t.is_meta for t in sd.values()): raise CheckpointError(f"{path} holds meta tensors (shapes only), nothing to load")
     check_state_dict(model, sd, str(path))
     model.load_state_dict(sd, strict=True, assign=True)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .bsq import bits_to_codes, resize_codes, spatial_patchify
-from .checkpoints import torch_load_safe, CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
+from .checkpoints import empty_model, torch_load_safe, CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
 
 # %% auto #0
 __all__ = ['INFINITY_VAES', 'InfinityVAEConfig', 'Conv', 'Norm', 'swish', 'ResnetBlock', 'Downsample', 'Upsample', 'MidBlock',
@@ -303,7 +303,7 @@ def load_infinity_vae(path, device='cpu', **overrides) -> InfinityVAE:
     if any(t.is_meta for t in sd.values()): raise CheckpointError(f"{path} holds meta tensors (shapes only), nothing to load")
     try: cfg = infer_infinity_vae_config(sd, **overrides)
     except CheckpointError as e: raise CheckpointError(f"{path}: {e}") from None
-    with torch.device('meta'): vae = InfinityVAE(cfg)
+    vae = empty_model(lambda: InfinityVAE(cfg), sd)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in _official_spelling(sd, vae.state_dict()).items()}  # the VAE runs in fp32
     try: check_state_dict(vae, sd, str(path))
     except CheckpointError as e: raise CheckpointError(' '.join(str(e).split())) from None   # one line

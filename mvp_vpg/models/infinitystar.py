@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file
-from .checkpoints import read_shards, CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
+from .checkpoints import empty_model, read_shards, CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
 from .infinity_layers import TextCond
 from .infinitystar_layers import (StarBlock, BlockChunk, RMSNorm, StarCache, StarStep, text_rope, step_rope,
                                                 rope_angles_table, step_positions)
@@ -204,7 +204,7 @@ def load_infinitystar(path, device='cpu', dtype=None, prefix: str = '', **overri
         heads = {k.split('.')[0] for k in sd}
         hint = f" (all keys start with '{next(iter(heads))}.': pass prefix='{next(iter(heads))}.')" if len(heads) == 1 else ""
         raise CheckpointError(f"{path}: {e}{hint}") from None
-    with torch.device('meta'): model = InfinityStar(cfg)
+    model = empty_model(lambda: InfinityStar(cfg), sd)
     if any(t.is_meta for t in sd.values()): raise CheckpointError(f"{path} holds meta tensors (shapes only), nothing to load")
     check_state_dict(model, sd, str(path))
     model.load_state_dict(sd, strict=True, assign=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 import torch.nn as nn
-from .checkpoints import torch_load_safe, CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
+from .checkpoints import empty_model, torch_load_safe, CheckpointError, check_state_dict, read_state_dict, unwrap_state_dict
 from .video_vae_layers import (CausalConv3d, ChannelRMSNorm, DownBlock3d, MidBlock3d, SpatialNorm3d,
                                              UpBlock3d, clear_caches)
 
@@ -227,13 +227,13 @@ def load_video_vae(path, device='cpu', decoder_only: bool = False, **overrides) 
     if any(t.is_meta for t in sd.values()): raise CheckpointError(f"{path} holds meta tensors (shapes only), nothing to load")
     try: cfg = infer_video_vae_config(sd, **overrides)
     except CheckpointError as e: raise CheckpointError(f"{path}: {e}") from None
-    with torch.device('meta'): full = VideoVAE(cfg)
+    full = empty_model(lambda: VideoVAE(cfg), sd)
     own = full.state_dict()
     for k in _MASKS:
         if k not in sd and k in own: sd[k] = 2 ** torch.arange(own[k].shape[0] - 1, -1, -1)
     try: check_state_dict(full, sd, str(path))
     except CheckpointError as e: raise CheckpointError(' '.join(str(e).split())) from None   # one line
-    with torch.device('meta'): vae = VideoVAE(cfg, decoder_only)
+    vae = empty_model(lambda: VideoVAE(cfg, decoder_only), sd)
     keep = vae.state_dict().keys()
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items() if k in keep}   # the official VAE runs in fp32
     vae.load_state_dict(sd, strict=True, assign=True)

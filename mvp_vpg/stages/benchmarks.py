@@ -10,7 +10,7 @@ import shutil, tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 import typer
-from ..utils.io import write_json, file_hash
+from ..utils.io import write_json, file_hash, atomic_write, atomic_write_dir
 from ..utils.params import load_params, active_profile, profile_asset, need_path
 from .config import load_config
 from ..utils.distributed import dist_env, default_device
@@ -127,10 +127,11 @@ def dpg_toy_cmd(name: Annotated[str, _opt('name of the result (dpg_toy_<name>.js
     return stage_dpg_toy(load_config(params), name, run, variant, out, metrics, progress=progress)
 
 def geneval_cmd(images: Annotated[Path, _opt('generations in the GenEval layout')], out: MetricsOut, params: pipeline.ParamsFile = P) -> dict:
-    "GenEval on generations in its layout, with the profile's GenEval checkout and detector weights."
+    "GenEval on generations in its layout, with the profile's GenEval checkout and detector weights; its rows are kept in `<out>.det.jsonl`."
     p = load_config(params)
-    r = run_geneval(profile_asset(p, 'geneval', BENCH_ASSETS['geneval']), images, Path(out).with_suffix('.det.jsonl'),
-                    profile_asset(p, 'geneval_models', BENCH_ASSETS['geneval_models']), _bench_python(p))
+    root, models, r = profile_asset(p, 'geneval', BENCH_ASSETS['geneval']), profile_asset(p, 'geneval_models', BENCH_ASSETS['geneval_models']), {}
+    # the evaluator writes its rows as it goes: into a temporary file that becomes <out>.det.jsonl only when it succeeded
+    atomic_write(Path(out).with_suffix('.det.jsonl'), lambda tmp: r.update(run_geneval(root, images, tmp, models, _bench_python(p))))
     write_json({**r, 'tool': 'geneval', 'images': str(images)}, out); return r
 
 def dpg_cmd(images: Annotated[Path, _opt('2x2 grids named by prompt file')], resolution: Annotated[int, _opt('side of one tile in pixels')],
@@ -142,15 +143,15 @@ def dpg_cmd(images: Annotated[Path, _opt('2x2 grids named by prompt file')], res
     with tempfile.TemporaryDirectory() as tmp:
         view = dpg_grid_view(images, Path(tmp) / Path(images).name)
         r = run_dpg(ella, view, resolution, processes)
-        shutil.rmtree(keep, ignore_errors=True); keep.mkdir(parents=True)
-        for f in view.glob('dpg-bench_*.txt'): shutil.copy2(f, keep / f.name)
+        atomic_write_dir(keep, lambda d: [shutil.copy2(f, d / f.name) for f in view.glob('dpg-bench_*.txt')])
     write_json({**r, 'tool': 'dpg', 'images': str(images)}, out); return r
 
 def vbench_cmd(videos: Annotated[Path, _opt("videos named '<prompt>-<i>.mp4'")], out: MetricsOut,
                dimensions: Annotated[str, _opt('comma-separated VBench dimensions')] = ','.join(VBENCH_DIMENSIONS),
                mode: Annotated[str, _opt("VBench's evaluation mode")] = 'vbench_standard', params: pipeline.ParamsFile = P) -> dict:
-    "VBench on generated videos, with the profile's VBench checkout."
+    "VBench on generated videos, with the profile's VBench checkout; its result files are kept in `<out>.results/`."
     p = load_config(params)
-    dims = [d.strip() for d in dimensions.split(',') if d.strip()]
-    r = run_vbench(profile_asset(p, 'vbench', BENCH_ASSETS['vbench']), videos, dims, Path(out).parent / 'vbench_results', _bench_python(p), mode)
+    root, dims, r = profile_asset(p, 'vbench', BENCH_ASSETS['vbench']), [d.strip() for d in dimensions.split(',') if d.strip()], {}
+    # VBench writes into its output folder as it goes: a temporary one that becomes <out>.results only when it succeeded
+    atomic_write_dir(Path(out).with_suffix('.results'), lambda tmp: r.update(run_vbench(root, videos, dims, tmp, _bench_python(p), mode)))
     write_json({**r, 'tool': 'vbench', 'images': str(videos)}, out); return r

@@ -14,7 +14,7 @@ from PIL import Image
 from .io import atomic_write
 
 # %% auto #0
-__all__ = ['to_uint8', 'to_float_images', 'save_png', 'read_rgb', 'save_grid', 'images_to_tensor', 'to_pm1']
+__all__ = ['to_uint8', 'to_float_images', 'save_png', 'read_rgb', 'tile_images', 'save_grid', 'images_to_tensor', 'to_pm1']
 
 # %% ../../nbs/04_images.ipynb #c6472546
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -46,11 +46,24 @@ def read_rgb(path) -> np.ndarray:
     "An image file as uint8 (H, W, 3)."
     with Image.open(path) as im: return np.asarray(im.convert('RGB'))
 
+# %% ../../nbs/04_images.ipynb #82fdaf08
+def tile_images(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """Images (B, C, H, W) tiled row-major, `nrow` per row, `padding` pixels of `pad_value` around each:
+    (C, rows·(H+p)+p, n·(W+p)+p); a single image comes back as it is. torchvision's `make_grid` layout, without
+    importing torchvision (it imports torch._dynamo: about a second in every process that saves a grid)."""
+    B, C, H, W = images.shape
+    if B == 1: return images[0]
+    n = min(nrow, B); rows = -(-B // n)
+    grid = images.new_full((C, rows * (H + padding) + padding, n * (W + padding) + padding), pad_value)
+    for k, im in enumerate(images):
+        y, x = divmod(k, n)
+        grid[:, padding + y * (H + padding):(y + 1) * (H + padding), padding + x * (W + padding):(x + 1) * (W + padding)] = im
+    return grid
+
 # %% ../../nbs/04_images.ipynb #e0a35a7d
 def save_grid(images: torch.Tensor, path, nrow: int = 8, padding: int = 2) -> Path:
     "Tile images (B, 3, H, W) in [0, 1] into one PNG."
-    from torchvision.utils import make_grid   # imported when used: torchvision adds seconds to every CLI start
-    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding, pad_value=1.0)
+    grid = tile_images(images.detach().float().cpu(), nrow, padding, pad_value=1.0)
     return save_png(to_uint8(grid[None])[0], path)
 
 # %% ../../nbs/04_images.ipynb #aaf658ad
