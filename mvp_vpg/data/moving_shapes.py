@@ -23,7 +23,7 @@ __all__ = ['MOTIONS', 'DIRECTIONS', 'SPEED', 'N_FRAMES', 'SUITES', 'motion_veloc
 # %% ../../nbs/10b_moving_shapes.ipynb #5e38a58a
 MOTIONS = ('left', 'right', 'up', 'down', 'still')   # the words captions use
 DIRECTIONS = {'left': (-1, 0), 'right': (1, 0), 'up': (0, -1), 'down': (0, 1), 'still': (0, 0)}
-SPEED = 1 / 16          # image fraction per frame: 2 px/frame at 32×32
+SPEED = 1 / 8           # image fraction per frame: 4 px/frame at 32×32 = one cell of the 8×8 latent
 N_FRAMES = 5            # 1 + 4: InfinityStar's first frame is coded alone
 
 def motion_velocity(motion: str, speed: float = SPEED) -> tuple:
@@ -196,8 +196,10 @@ SUITES = {   # suite -> dimensions evaluated on its clips
     'color': ('color',),
     'spatial_relationship': ('spatial_relationship',),
 }
-_AXIS_MOTIONS = {'left of': ('left', 'right', 'still'), 'right of': ('left', 'right', 'still'),
-                 'above': ('up', 'down', 'still'), 'below': ('up', 'down', 'still')}
+# both objects move together across the relation's axis: the relation holds in every frame, and two stacked objects
+# leave room for 16 px of travel (along the axis they would not fit in 32 px)
+_CROSS_MOTIONS = {'left of': ('up', 'down', 'still'), 'right of': ('up', 'down', 'still'),
+                  'above': ('left', 'right', 'still'), 'below': ('left', 'right', 'still')}
 _REL_PHRASE = {'left of': 'to the left of', 'right of': 'to the right of', 'above': 'above', 'below': 'below'}
 
 def _distinct_pair(rng) -> list:
@@ -216,7 +218,7 @@ def _suite_spec(suite: str, rng, n_frames: int, speed: float) -> tuple:
     if suite == 'multiple_objects': return place_clip(rng, _distinct_pair(rng), _motions_for(None, 2, rng), bg, n_frames=n_frames, speed=speed), None
     if suite == 'spatial_relationship':
         rel = list(_REL_PHRASE)[int(rng.integers(4))]
-        m = _AXIS_MOTIONS[rel][int(rng.integers(3))]
+        m = _CROSS_MOTIONS[rel][int(rng.integers(3))]
         ok = lambda s: s.relation() == _REL_PHRASE[rel]
         return place_clip(rng, _distinct_pair(rng), [m, m], bg, n_frames=n_frames, speed=speed, accept=ok), rel
     _check(suite, SUITES, "suite")

@@ -35,7 +35,7 @@ from .infinity_train import (ToyTextEncoder, toy_infinity_section, bsq_config, l
 # %% auto #0
 __all__ = ['TOY_VIDEO', 'toy_video_section', 'toy_star_schedule', 'section_schedule', 'ToyVideoTokenizer', 'video_tensor',
            'load_clips', 'tokenizer_metrics', 'train_toy_video_tokenizer', 'load_toy_video_tokenizer', 'star_config',
-           'teacher_inputs', 'star_metrics', 'train_toy_infinitystar', 'load_toy_infinitystar']
+           'teacher_inputs', 'token_weights', 'star_metrics', 'train_toy_infinitystar', 'load_toy_infinitystar']
 
 # %% ../../nbs/11d_toy_video.ipynb #ce839b3d
 TOY_VIDEO = {
@@ -47,7 +47,8 @@ TOY_VIDEO = {
                       final_lr=0.1, grad_clip=1.0, l1=1.0, mse=1.0, commit=0.25, amp='bf16', ckpt_every=100),
     'infinitystar': dict(depth=4, embed_dim=128, num_heads=4, num_kv_heads=2, mlp_hidden=384, block_chunks=1,
                          steps=1400, batch_size=12, lr=1.5e-3, seed=0, cond_drop=0.1, warmup=0.05, final_lr=0.1,
-                         weight_decay=0.05, grad_clip=2.0, amp='bf16', ckpt_every=250, eval_n=200),
+                         weight_decay=0.05, grad_clip=2.0, amp='bf16', ckpt_every=250, eval_n=200,
+                         loss_weight='token'),   # 'scale': every step weighs the same (Infinity's reweight_loss_by_scale)
 }
 
 def _check(cond: bool, where: str, what: str, got):
@@ -90,6 +91,7 @@ def toy_video_section(params: dict) -> dict:
     _check(t['num_heads'] % t['num_kv_heads'] == 0, 'infinitystar.num_kv_heads', f"a divisor of num_heads={t['num_heads']}", t['num_kv_heads'])
     _check(t['depth'] % t['block_chunks'] == 0, 'infinitystar.depth', f"divisible by block_chunks={t['block_chunks']}", t['depth'])
     _check(0 <= t['cond_drop'] < 1, 'infinitystar.cond_drop', 'in [0, 1)', t['cond_drop'])
+    _check(t['loss_weight'] in ('token', 'scale'), 'infinitystar.loss_weight', "'token' or 'scale'", t['loss_weight'])
     i = out['tokenizer']['init']
     _check(i is None or isinstance(i, str), 'tokenizer.init', 'a toy BSQ folder or null (train from scratch)', i)
     return out
@@ -279,6 +281,16 @@ def teacher_inputs(bb: InfinityStarBackbone, bits: list) -> torch.Tensor:
         xs.append(f)
     return torch.cat(xs, 1)
 
+# %% ../../nbs/11d_toy_video.ipynb #ac900b8b
+def token_weights(steps: list, mode: str = 'token') -> torch.Tensor:
+    """Training-loss weight of every token (ΣL,), summing to 1: 'token' = plain mean over tokens; 'scale' = each step's
+    mean weighs the same (Infinity's reweight_loss_by_scale), so the few coarse tokens that decide layout and motion
+    are not drowned by the last scales' hundreds."""
+    L = torch.tensor([s.L for s in steps], dtype=torch.float32)
+    if mode == 'token': return torch.full((int(L.sum()),), 1 / L.sum().item())
+    if mode == 'scale': return torch.repeat_interleave(1 / (L * len(L)), L.long())
+    raise ValueError(f"loss weight mode must be 'token' or 'scale', got {mode!r}")
+
 # %% ../../nbs/11d_toy_video.ipynb #3f275231
 @torch.no_grad()
 def star_metrics(model: InfinityStar, bb: InfinityStarBackbone, bits: list, text: TextCond, batch_size: int = 50) -> dict:
@@ -320,6 +332,7 @@ def train_toy_infinitystar(params: dict, tokenizer_folder, clip_folder, out, *, 
     model = InfinityStar(cfg).to(device)
     bb = InfinityStarBackbone(model, tok, schedule=tok.steps, copy_first_frame=False)
     rope = torch.cat([step_rope(s, cfg.head_dim) for s in tok.steps], 4).to(device)
+    weights = token_weights(tok.steps, h['loss_weight']).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n not in ('cfg_uncond', 'sos_token')]
     rest = [p for p in model.parameters() if all(p is not q for q in decay)]
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': h['weight_decay']}, {'params': rest, 'weight_decay': 0.0}],
@@ -341,7 +354,7 @@ def train_toy_infinitystar(params: dict, tokenizer_folder, clip_folder, out, *, 
         text = drop_text(model, enc([caps[i] for i in bi]), torch.from_numpy(rng.random(len(bi)) < h['cond_drop']))
         with autocast(h['amp'], device): logits = model(text, teacher_inputs(bb, b), tok.steps, rope=rope)
         tl, acc = bit_loss_acc(logits, b)
-        loss = tl.mean()
+        loss = (tl * weights).sum(1).mean()
         gn = optimizer_step(opt, loss, model.parameters(), h['grad_clip'])
         history.append([step, round(loss.item(), 6), round(acc.mean().item(), 5), round(float(gn), 4)])
         bar.set_postfix(loss=f'{loss.item():.4f}', acc=f'{acc.mean().item():.4f}', refresh=False)

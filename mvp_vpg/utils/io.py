@@ -12,7 +12,7 @@ from typing import Callable
 
 # %% auto #0
 __all__ = ['atomic_write', 'write_bytes', 'write_text', 'write_json', 'read_json', 'read_jsonl', 'write_jsonl',
-           'atomic_write_dir', 'file_hash', 'fingerprint']
+           'atomic_write_dir', 'file_hash', 'fingerprint', 'weights_hash']
 
 # %% ../../nbs/07_io.ipynb #0048f75e
 def atomic_write(path, write: Callable[[Path], object]) -> Path:
@@ -86,3 +86,16 @@ def file_hash(path, n: int = 1 << 20) -> str:
 def fingerprint(obj) -> str:
     "A short stable hash of a JSON-able value (settings that decide whether saved work can be reused)."
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+# %% ../../nbs/07_io.ipynb #a95a6c7d
+def weights_hash(*modules) -> str:
+    """A short hash of modules' weights (state-dict names, dtypes, shapes and bytes): which models made saved outputs.
+    A module may also be given as a state dict (e.g. its frozen part only)."""
+    import torch                       # lazy: utils.io stays importable without loading torch
+    h = hashlib.sha256()
+    for m in modules:
+        for k, t in (m if isinstance(m, dict) else m.state_dict()).items():
+            t = t.detach().cpu().contiguous().reshape(-1)
+            h.update(f'{k}|{t.dtype}|{t.numel()}'.encode())
+            if t.numel(): h.update(t.view(torch.uint8).numpy().tobytes())   # raw bytes: any dtype, bf16 too
+    return h.hexdigest()[:16]
