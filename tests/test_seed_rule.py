@@ -10,7 +10,7 @@ from mvp_vpg.models.checkpoints import load_var, load_vqvae
 from mvp_vpg.sampling.sampler import sample, CFG
 from mvp_vpg.vpg.guidance import VPG
 from mvp_vpg.utils.images import to_uint8, save_png
-from mvp_vpg.generation.generate import batch_seed, generate, class_conditions, var_sampler
+from mvp_vpg.generation.generate import batch_seed, generate, class_conditions, var_sampler, made_by
 from mvp_vpg.generation.layouts import index_name
 from mvp_vpg.stages import pipeline
 from mvp_vpg.stages.app import app
@@ -58,7 +58,7 @@ def test_every_path_writes_the_same_pngs(models, tmp_path, vpg):
     # 2. generation.generate.generate (the function behind `mvp-vpg generate`)
     gen = tmp_path / 'gen'
     generate(gen, class_conditions(range(var.num_classes), N_PER_CLASS), var_sampler(var, vae, _guidance(vpg), 0, 0.0, 'reference'),
-             SEED, BS, progress=False)
+             SEED, BS, {'weights': made_by(var, vae)}, progress=False)
     assert _files(gen, n) == ref
     # 3. the pipeline's stage function for a variant
     params = yaml.safe_load(_params(tmp_path).read_text())

@@ -6,14 +6,14 @@ Docs: https://mvp-vpg.github.io/mvp_vpg/generate.html.md"""
 
 # %% ../../nbs/50_generate.ipynb #0ff99919
 from __future__ import annotations
-import json, os, re, shutil, threading, datetime
+import hashlib, json, os, re, shutil, threading, datetime
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from ..utils.io import write_json, write_text
+from ..utils.io import write_json, write_text, file_hash, fingerprint, weights_hash
 from ..utils.distributed import init_distributed, process_group, barrier, gather
 from ..utils.images import save_png, to_uint8
 from ..data.folders import read_texts
@@ -24,8 +24,8 @@ from .layouts import index_name, geneval_name, read_dpg_prompts, write_geneval_m
 # %% auto #0
 __all__ = ['LAYOUTS', 'image_ok', 'clean_stale_temps', 'class_conditions', 'prompt_conditions', 'batch_seed', 'n_batches',
            'shard_batches', 'shard_indices', 'var_sampler', 'generate_shard', 'check_resume', 'empty_run_folder',
-           'generate', 't2i_sampler', 'read_prompt_set', 'layout_name', 'prompt_set_checks', 'finish_layout',
-           'tiles_dir']
+           'checkpoint_hash', 'made_by', 'own_run_folder', 'generate', 't2i_sampler', 'read_prompt_set', 'layout_name',
+           'prompt_set_checks', 'finish_layout', 'tiles_dir']
 
 # %% ../../nbs/50_generate.ipynb #8380ee31
 def image_ok(path) -> bool:
@@ -146,13 +146,65 @@ def empty_run_folder(folder):
     folder = Path(folder)
     shutil.rmtree(folder); folder.mkdir(parents=True)
 
+# %% ../../nbs/50_generate.ipynb #4a6842aa
+_SHA: dict = {}          # (path, size, mtime_ns, inode) -> sha256 of a large file: read once per process
+
+def _file_sha256(p: Path, memo_from: int = 64 << 20) -> str:
+    st = p.stat()
+    if st.st_size < memo_from: return file_hash(p)      # small files: cheap, and rewritten faster than mtime ticks
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SHA: _SHA[key] = file_hash(p)
+    return _SHA[key]
+
+def checkpoint_hash(path) -> str:
+    """sha256 of a checkpoint file, or of a model folder: every file in it by relative name and content (hidden entries
+    such as `.git/` skipped)."""
+    p = Path(path)
+    if p.is_file(): return _file_sha256(p)
+    if not p.is_dir(): raise FileNotFoundError(f"{p}: no such checkpoint file or folder (its hash names the weights of a run)")
+    files = sorted(f for f in p.rglob('*') if f.is_file() and not any(s.startswith('.') for s in f.relative_to(p).parts))
+    if not files: raise FileNotFoundError(f"{p} holds no files: no weights to name")
+    h = hashlib.sha256()
+    for f in files: h.update(f"{f.relative_to(p).as_posix()}\t{_file_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+# %% ../../nbs/50_generate.ipynb #1bc9aacb
+def made_by(*sources) -> str:
+    """A short hash naming the weights behind a run's outputs (the `weights` of its settings): `sources` in order, each a
+    checkpoint file or folder (`checkpoint_hash`), an `nn.Module` (`weights_hash`), an object holding its network in
+    `.model` (the text-encoder wrappers), or None (skipped)."""
+    parts = []
+    for s in sources:
+        if s is None: continue
+        if isinstance(s, (str, Path)): parts.append(checkpoint_hash(s))
+        elif isinstance(s, torch.nn.Module): parts.append(weights_hash(s))
+        elif isinstance(getattr(s, 'model', None), torch.nn.Module): parts.append(weights_hash(s.model))
+        else: raise TypeError(f"made_by: cannot name the weights of a {type(s).__name__}: pass its checkpoint path or its nn.Module")
+    return fingerprint(parts)
+
+# %% ../../nbs/50_generate.ipynb #95df9ef1
+def own_run_folder(folder, settings: dict, manifest: str = 'manifest.json') -> bool:
+    """Make a stage's own output `folder` ready for a run of `settings`: kept when its manifest holds the same settings
+    (a resume: True), otherwise emptied — it belongs to the stage, as `dvc repro` would delete it — and marked with the
+    settings as not complete (False). The stage rewrites the manifest when it is done."""
+    folder, s = Path(folder), _canon(settings)
+    p = folder / manifest
+    if p.is_file() and json.loads(p.read_text()).get('settings') == s: return True
+    if folder.exists(): shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    write_json({'settings': s, 'complete': False}, p)
+    return False
+
 # %% ../../nbs/50_generate.ipynb #c62e0b52
 def generate(out, conds: Sequence, sampler: Callable, seed: int, batch_size: int, settings: dict | None = None,
              info: dict | None = None, name: Callable = index_name, manifest: str | None = 'manifest.json',
              max_batches: int | None = None, on_max: str = 'stop', progress: bool = True, timeout_s: float = 6 * 3600,
              overwrite: bool = False) -> dict:
     """Sharded, resumable generation of `len(conds)` images into `out` (one shard per torchrun rank). Returns the manifest.
-    A folder holding another run is refused, or emptied first with `overwrite` (see `check_resume`)."""
+    `settings` must name the weights (`'weights': made_by(...)`); the conditions' fingerprint is added. A folder holding
+    another run is refused, or emptied first with `overwrite` (see `check_resume`)."""
+    if 'weights' not in (settings or {}):
+        raise ValueError("generate: settings need 'weights' (made_by(<checkpoint paths or modules>)), else a resume could keep images of other weights")
     out = Path(out)
     if out.exists() and not out.is_dir(): raise ValueError(f"{out} is a file: the output must be a folder (pass a folder path)")
     out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +215,8 @@ def generate(out, conds: Sequence, sampler: Callable, seed: int, batch_size: int
         n = len(conds)
         settings = _canon({**(settings or {}), 'n_images': n, 'seed': int(seed), 'batch_size': int(batch_size),
                            'seed_rule': 'generator seed of global batch b = seed*1000003 + b; batch b = images [b*bs, (b+1)*bs)',
-                           'name_pattern': name(0) if name is not index_name else '{i:06d}.png'})
+                           'name_pattern': name(0) if name is not index_name else '{i:06d}.png',
+                           'conditions_hash': fingerprint(list(conds))})
         mpath = out / manifest if manifest else None
         clear = mpath is not None and check_resume(mpath, settings, overwrite)   # every rank decides alike ...
         barrier()                                     # ... on the folder as it was: nothing is written before all have looked

@@ -35,7 +35,9 @@ def generate_videos(out, items: Sequence[tuple[str, str]], sampler: Callable, se
                     fps: int = 16, progress: bool = True, overwrite: bool = False) -> dict:
     """Write `items` [(text, file name)] as MP4s into `out`: video i = `sampler([text], batch_seed(seed, i))[0]`, uint8
     RGB frames (T, H, W, 3). Existing files are kept (resume); another run's folder is refused, or emptied with
-    `overwrite`; returns the manifest (written to out/manifest.json)."""
+    `overwrite`; returns the manifest (written to out/manifest.json). `settings` must name the weights (`made_by`)."""
+    if 'weights' not in (settings or {}):
+        raise ValueError("generate_videos: settings need 'weights' (made_by(<checkpoint paths or modules>)), else a resume could keep videos of other weights")
     out = Path(out)
     names = [n for _, n in items]
     if len(set(names)) != len(names): raise ValueError("two videos would get the same file name: make the prompts unique")

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from ..utils.io import atomic_write_dir, write_json, read_json, fingerprint
+from ..utils.io import atomic_write_dir, write_json, read_json, fingerprint, weights_hash
 from ..utils.distributed import dist_info, allreduce_mean_, broadcast_, barrier
 from ..utils.training import batch_indices, lr_at, autocast, reset_peak_memory, peak_memory, open_live
 from ..models.vqvae import split_tokens
@@ -24,7 +24,7 @@ from .data import TuningData
 from .prompts import MultiScalePrompt, PrefilledPrompt
 from .semantic import SemanticRefinement, mvp_loss
 from .text_adapter import TextAdapter, forward_cond
-from .baselines import check_qlora_available, add_lora
+from .baselines import check_qlora_available, add_lora, base_state_dict
 from .artifacts import save_tuned, read_tuned
 
 # %% auto #0
@@ -216,7 +216,8 @@ def eval_ce(tuner: Tuner, vae, data: TuningData, batch_size: int = 250, base: bo
 def _fp(tuner, cfg, data):
     keep = {k: v for k, v in cfg.items() if k not in ('steps', 'ckpt_every', 'log_every', 'eval')}
     return fingerprint({'cfg': keep, 'method': tuner.method, 'task': tuner.task, 'n': len(data),
-                        'tokens': int(data.tokens[:64].long().sum()), 'world': dist_info()[1]})
+                        'tokens': int(data.tokens[:64].long().sum()), 'world': dist_info()[1],
+                        'base': weights_hash(base_state_dict(tuner.var))})       # the model it starts from: a retrained one is another run
 
 def train_tuner(tuner: Tuner, vae, data: TuningData, cfg: dict, out, *, semantic: SemanticRefinement | None = None,
                 val: TuningData | None = None, stop_at: int | None = None, progress: bool = True, log=print,

@@ -23,7 +23,7 @@ from ..evaluation.geneval import toy_prompt_label, toy_geneval_metadata, parse_g
 from ..evaluation.dpg import DPG_TOY_DEFAULTS, toy_dpg_prompt_set, write_dpg_prompt_set, parse_dpg_results, evaluate_dpg_toy, run_dpg
 from ..evaluation.vbench import VBENCH_DIMENSIONS, run_vbench
 from . import pipeline
-from .generate import tuned_t2i_sampler
+from .generate import tuned_t2i_sampler, tuned_folder, profile_clip_path
 
 # %% auto #0
 __all__ = ['GENEVAL_TOY_DEFAULTS', 'P', 'MetricsOut', 'stage_geneval_toy', 'stage_dpg_toy', 'dpg_grid_view', 'geneval_toy_cmd',
@@ -54,9 +54,10 @@ def stage_geneval_toy(params, variant: str = 'base', out_root='outputs/geneval_t
     out = Path(out_root) / variant
     settings = {'variant': variant, 'sampler': spec, 'guidance': repr(g), 'geneval_toy': cfg,
                 'conditions': {'kind': 'geneval_toy', 'n_prompts': len(items), 'n_per_prompt': n},
-                'var_sha256': file_hash(var_p), 'vae_sha256': file_hash(vae_p)}
+                'var_sha256': file_hash(var_p), 'vae_sha256': file_hash(vae_p), 'weights': G.made_by(var_p, vae_p)}
     man = G.generate(out, conds, G.var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode']), s['seeds'][0],
-                     s['batch_size'], settings, {'var': str(var_p), 'vae': str(vae_p)}, name=geneval_name(n), progress=progress)
+                     s['batch_size'], settings, {'var': str(var_p), 'vae': str(vae_p)}, name=geneval_name(n), progress=progress,
+                     overwrite=True)      # the stage's own folder: another run's images (other weights too) are replaced
     if rank != 0: return None
     if not man['complete']: raise RuntimeError(f"{out}: generation incomplete ({man['n_missing']} missing); run again to resume")
     write_geneval_metadata(out, [toy_geneval_metadata(it) for it in items])
@@ -80,9 +81,10 @@ def stage_dpg_toy(params, name: str, run, variant: str = 'base', out_root='outpu
     dev = default_device(local)
     sampler, tuned, g = tuned_t2i_sampler(params, run, spec, *pipeline.load_base_models(params, dev), dev)
     settings = {'run': str(run), 'variant': variant, 'sampler': spec, 'guidance': repr(g), 'dpg_toy': cfg, 'tuned': tuned,
-                'conditions': {'kind': 'prompt', 'n_prompts': len(prompts), 'n_per_prompt': 4, 'layout': 'dpg'}}
+                'conditions': {'kind': 'prompt', 'n_prompts': len(prompts), 'n_per_prompt': 4, 'layout': 'dpg'},
+                'weights': G.made_by(*pipeline.base_model_paths(params), tuned_folder(run), profile_clip_path(params))}
     man = G.generate(G.tiles_dir(out), G.prompt_conditions(prompts, 4), sampler, s['seeds'][0], s['batch_size'], settings,
-                     {'run': str(run)}, progress=progress)
+                     {'run': str(run)}, progress=progress, overwrite=True)
     if rank != 0: return None
     if not man['complete']: raise RuntimeError(f"{out}: generation incomplete ({man['n_missing']} missing); run again to resume")
     G.finish_layout(out, 'dpg', prompts, None, names, 4)

@@ -17,7 +17,7 @@ from ..vpg.guidance import VARIANTS, REDRAWS
 from ..utils.io import write_json
 from ..utils.images import read_rgb, save_grid
 from ..generation.layouts import index_name
-from ..generation.generate import class_conditions, var_sampler, generate_shard, batch_seed, check_resume, empty_run_folder
+from ..generation.generate import class_conditions, var_sampler, generate_shard, batch_seed, check_resume, empty_run_folder, made_by
 from .pipeline import guidance_from_spec
 from .t2i import MODELS, run_sample_t2i, run_sample_video
 
@@ -128,7 +128,8 @@ def run_sample(
     settings = json.loads(json.dumps({'var': str(var), 'vae': str(vae), 'classes': cls, 'n_per_class': n_per_class, 'batch_size': batch_size,
                 'seed': seed, 'cfg': cfg, 'cfg_ramp': cfg_ramp, 'top_k': top_k, 'top_p': top_p, 'more_smooth': more_smooth, 'mode': mode,
                 'vpg_lambda': vpg_lambda, 'vpg_p': vpg_p, 'vpg_variant': vpg_variant, 'vpg_redraw': vpg_redraw, 'vpg_schedule': vpg_schedule,
-                'guidance': repr(g), 'seed_rule': 'generator seed of batch b = seed*1000003 + b; batch b = images [b*bs, (b+1)*bs)'}))
+                'guidance': repr(g), 'seed_rule': 'generator seed of batch b = seed*1000003 + b; batch b = images [b*bs, (b+1)*bs)',
+                'weights': made_by(var, vae)}))   # the files' contents: a retrained checkpoint at the same path is another run
     out = Path(out)
     if check_resume(out / 'samples.json', settings, overwrite): empty_run_folder(out)
     (out / 'images').mkdir(parents=True, exist_ok=True)

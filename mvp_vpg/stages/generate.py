@@ -19,24 +19,38 @@ from ..models.toy_clip import load_clip, encode_texts
 from ..mvp.tuner import load_tuned
 from ..generation.layouts import index_name
 from ..generation.generate import (LAYOUTS, var_sampler, t2i_sampler, generate, class_conditions, prompt_conditions, read_prompt_set,
-                                         prompt_set_checks, layout_name, finish_layout, tiles_dir)
+                                         prompt_set_checks, layout_name, finish_layout, tiles_dir, made_by)
 from . import pipeline
 from .cli import parse_classes
 
 # %% auto #0
-__all__ = ['profile_text_encoder', 'load_tuned_for_sampling', 'tuned_t2i_sampler', 'generate_cmd']
+__all__ = ['profile_clip_path', 'profile_text_encoder', 'tuned_folder', 'load_tuned_for_sampling', 'tuned_t2i_sampler',
+           'generate_cmd']
+
+# %% ../../nbs/72_generation_stage.ipynb #32756b0f
+def profile_clip_path(params) -> Path:
+    "The active profile's CLIP (the toy CLIP folder on the toy profile): what text-to-image runs are conditioned through."
+    name, prof = active_profile(params)
+    return Path(prof.get('checkpoints', 'data/toy')) / 'clip' if name == 'toy' else profile_asset(params, 'clip')
 
 # %% ../../nbs/72_generation_stage.ipynb #7c552c1b
 def profile_text_encoder(params, device='cpu', text_dim: int | None = None) -> Callable:
     "`encode(texts) -> (n, D)` L2-normalised CLIP text embeddings with the active profile's CLIP."
     name, prof = active_profile(params)
-    if name == 'toy': model, tok = load_clip('toy', toy_dir=Path(prof.get('checkpoints', 'data/toy')) / 'clip', device=device)
-    else: model, tok = load_clip(profile_asset(params, 'clip'), prof.get('clip_model') or None, device=device)
+    if name == 'toy': model, tok = load_clip('toy', toy_dir=profile_clip_path(params), device=device)
+    else: model, tok = load_clip(profile_clip_path(params), prof.get('clip_model') or None, device=device)
     d = encode_texts(model, tok, ['a']).shape[1]
     if text_dim is not None and d != text_dim:
         raise ValueError(f"the profile's CLIP gives {d}-d text embeddings but the text adapter expects {text_dim}: "
                          "use the CLIP the run was trained with (profiles.<name>.clip / clip_model)")
     return lambda texts: encode_texts(model, tok, texts)
+
+# %% ../../nbs/72_generation_stage.ipynb #7843b57f
+def tuned_folder(folder) -> Path | None:
+    "Where a train_mvp run's tuned artefacts lie: `folder/tuned` when it holds them, else `folder` (None if not given)."
+    if not folder: return None
+    f = Path(folder)
+    return f / 'tuned' if (f / 'tuned' / 'config.json').exists() else f
 
 # %% ../../nbs/72_generation_stage.ipynb #64db2448
 def load_tuned_for_sampling(folder, var, device, task: str = 'c2i') -> tuple:
@@ -44,8 +58,7 @@ def load_tuned_for_sampling(folder, var, device, task: str = 'c2i') -> tuple:
     if not folder:
         if task == 't2i': raise ValueError("text-to-image generation needs --tuned <a train_mvp run with task t2i> (its text adapter)")
         return var, None, None, None
-    f = Path(folder)
-    f = f / 'tuned' if (f / 'tuned' / 'config.json').exists() else f
+    f = tuned_folder(folder)
     if not (f / 'config.json').exists(): raise FileNotFoundError(f"--tuned {folder}: no tuned model there (train it with mvp-vpg tune)")
     t = load_tuned(f, var, device)
     if t.task != task:
@@ -105,7 +118,8 @@ def generate_cmd(
     seed = seed if seed is not None else s['seeds'][0]
     bs = batch_size or s['batch_size']
     base = {'variant': variant, 'profile': active_profile(p)[0], 'sampler': spec, 'guidance': repr(g),
-            'var_sha256': file_hash(var_p), 'vae_sha256': file_hash(vae_p), 'tuned': hashes}
+            'var_sha256': file_hash(var_p), 'vae_sha256': file_hash(vae_p), 'tuned': hashes,
+            'weights': made_by(var_p, vae_p, tuned_folder(tuned), profile_clip_path(p) if task == 't2i' else None)}
     info = {'var': str(var_p), 'vae': str(vae_p), 'tuned_from': tuned, 'device': torch.device(dev).type, 'torch': torch.__version__,
             'mvp_vpg_command': ' '.join(sys.argv)}
     folder, name = Path(out), index_name

@@ -16,7 +16,8 @@ from ..data.shapes import CLASSES
 from ..mvp.tuner import load_tuned
 from ..evaluation.shapes_net import load_scorer, predict, class_hits, load_image_folder
 from ..evaluation.paired import compare_variants, fid_stats, paired_table, plot_paired
-from .pipeline import load_base_models, guidance_from_spec, sample_to_folder, load_split
+from ..generation.generate import made_by, own_run_folder
+from .pipeline import load_base_models, base_model_paths, guidance_from_spec, sample_to_folder, load_split
 
 # %% auto #0
 __all__ = ['VARIANTS', 'PAIRS', 'headline_spec', 'stage_headline_sample', 'stage_headline_compare', 'headline_markdown']
@@ -35,22 +36,26 @@ def headline_spec(params: dict, variant: str) -> dict:
 
 # %% ../../nbs/93_headline.ipynb #c2bbff8b
 def stage_headline_sample(params: dict, variant: str, tuned='outputs/headline/tune', out_root='outputs/headline/samples'):
-    "Sample one headline variant for every seed in `headline.seeds` (MVP variants with the tuned prompt in `tuned`)."
+    """Sample one headline variant for every seed in `headline.seeds` (MVP variants with the tuned prompt in `tuned`);
+    a folder sampled with other settings, weights or prompt is emptied first, one with the same is resumed."""
     h, spec = params['headline'], headline_spec(params, variant)
     var, vae = load_base_models(params, 'cpu')
-    prompt = None
+    prompt = src = None
     if variant.startswith('mvp'):
         src = Path(tuned) / 'tuned'
         if not (src / 'config.json').exists(): raise FileNotFoundError(f"{src} holds no tuned prompt: run `dvc repro headline_tune` first")
         prompt = load_tuned(src, var).prompt
-    g, t0 = guidance_from_spec(spec), time.time()
+    g, t0, out = guidance_from_spec(spec), time.time(), Path(out_root) / variant
+    settings = {'variant': variant, 'guidance': repr(g), 'sampler': spec, 'n_per_class': h['n_per_class'], 'batch_size': h['batch_size'],
+                'classes': var.num_classes, 'weights': made_by(*base_model_paths(params), src)}    # seeds: one folder each
+    own_run_folder(out, settings)
     for seed in h['seeds']:
-        sample_to_folder(var, vae, Path(out_root) / variant / f'seed{seed}', h['n_per_class'], seed, h['batch_size'], g,
+        sample_to_folder(var, vae, out / f'seed{seed}', h['n_per_class'], seed, h['batch_size'], g,
                          spec['top_k'], spec['top_p'], spec['mode'], prompt=prompt, desc=f'{variant} seed {seed}')
-    write_json({'variant': variant, 'guidance': repr(g), 'prompt': None if prompt is None else str(Path(tuned) / 'tuned'),
+    write_json({'settings': settings, 'complete': True, 'variant': variant, 'guidance': repr(g), 'prompt': None if src is None else str(src),
                 'sampler': spec, 'n_per_class': h['n_per_class'], 'seeds': h['seeds'], 'batch_size': h['batch_size'],
                 'seed_rule': 'generator seed = seed*1000003 + batch index; VPG corruption: derive_seed(that, "corruption")',
-                'seconds': round(time.time() - t0, 1)}, Path(out_root) / variant / 'manifest.json')
+                'seconds': round(time.time() - t0, 1)}, out / 'manifest.json')
 
 # %% ../../nbs/93_headline.ipynb #73914584
 def stage_headline_compare(params: dict, root='outputs/headline/samples', data='data/shapes', metrics='metrics/headline/paired.json',

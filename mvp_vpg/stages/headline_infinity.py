@@ -114,17 +114,19 @@ def stage_headline_infinity_sample(params: dict, variant: str, out_root=ROOT, mo
                                mode='reference', pn=h['pn'], n_scales=h['n_scales'], prompt=prompt)
     items, names, prompts, qs = headline_infinity_prompts(h)
     n, out, t0 = h['n_per_prompt'], Path(out_root) / variant, time.time()
-    settings = {'variant': variant, 'guidance': repr(g), 'sampler': {k: h[k] for k in ('cfg', 'tau', 'top_k', 'top_p', 'pn', 'n_scales')}}
+    settings = {'variant': variant, 'guidance': repr(g), 'sampler': {k: h[k] for k in ('cfg', 'tau', 'top_k', 'top_p', 'pn', 'n_scales')},
+                'weights': G.made_by(model, vae, encode, prompt)}
     if prompt is not None: settings['prompt'] = prompt.config()
     write_dpg_prompt_set(out / 'dpg.prompts', names, prompts, qs)
     for seed in h['seeds']:
         d = out / f'seed{seed}'
         man = G.generate(d / 'geneval', G.prompt_conditions([it['prompt'] for it in items], n), sampler, seed, h['batch_size'],
-                         {**settings, 'layout': 'geneval', 'n_per_prompt': n}, name=G.layout_name('geneval', n), progress=progress)
+                         {**settings, 'layout': 'geneval', 'n_per_prompt': n}, name=G.layout_name('geneval', n), progress=progress,
+                         overwrite=True)
         _complete(man, d / 'geneval')
         G.finish_layout(d / 'geneval', 'geneval', None, [toy_geneval_metadata(it) for it in items], None, n)
         man = G.generate(G.tiles_dir(d / 'dpg'), G.prompt_conditions(prompts, 4), sampler, seed, h['batch_size'],
-                         {**settings, 'layout': 'dpg'}, progress=progress)
+                         {**settings, 'layout': 'dpg'}, progress=progress, overwrite=True)
         _complete(man, d / 'dpg')
         G.finish_layout(d / 'dpg', 'dpg', prompts, None, names, 4)
     res = {**settings, 'seeds': h['seeds'], 'n_geneval_prompts': len(items), 'n_per_prompt': n, 'n_dpg_prompts': len(names),

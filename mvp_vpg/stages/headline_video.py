@@ -14,12 +14,12 @@ from typing import Annotated
 import numpy as np
 import torch
 import typer
-from ..utils.io import write_json, write_text, read_json, atomic_write, weights_hash, fingerprint
+from ..utils.io import write_json, write_text, read_json, atomic_write, fingerprint
 from ..utils.checks import check_keys, check_int, check_number, check_one_of
 from ..data.moving_shapes import video_prompts, render_video_truth
 from ..sampling.apg import star_guidance
 from ..vpg.guidance import VPG, VARIANTS as VPG_VARIANTS, REDRAWS
-from ..generation.generate import batch_seed, prompt_conditions
+from ..generation.generate import batch_seed, prompt_conditions, made_by
 from ..evaluation.vbench_toy import toy_vbench, paired_vbench, aggregate, TOY_DIMENSIONS
 from ..evaluation.paired import t_interval
 from ..evaluation.shapes_net import load_scorer
@@ -109,7 +109,7 @@ def stage_headline_video_sample(params: dict, variant: str, out_root=ROOT, model
     settings = {'variant': variant, 'guidance': repr(g), 'n_prompts': len(items), 'n_per_prompt': h['n_per_prompt'],
                 'batch_size': h['batch_size'], **{k: h[k] for k in ('cfg', 'tau_image', 'tau_video', 'prompt_seed')},
                 # what made the clips: other weights or prompts (a retrained model, a changed world) mean a fresh run
-                'weights': weights_hash(model, tok, enc.model), 'prompts': fingerprint(texts)}
+                'weights': made_by(model, tok, enc), 'prompts': fingerprint(texts)}
     man = read_json(out / 'manifest.json') if (out / 'manifest.json').exists() else {}
     done = man.get('seeds_done', []) if man.get('settings') == settings else []
     for seed in h['seeds']:

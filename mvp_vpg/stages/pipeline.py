@@ -23,7 +23,7 @@ from ..data.folders import image_folder_files, class_names, photo_sentence
 from ..models.checkpoints import load_pretrained, load_var, load_vqvae
 from ..sampling.sampler import sample, CFG
 from ..vpg.guidance import VPG
-from ..generation.generate import generate_shard, class_conditions, var_sampler
+from ..generation.generate import generate_shard, class_conditions, var_sampler, made_by, own_run_folder
 from ..evaluation import shapes_net as scorer
 
 # %% auto #0
@@ -116,7 +116,7 @@ def load_base_models(params, device='cpu'):
 # %% ../../nbs/70_pipeline.ipynb #e1c23181
 def sample_to_folder(var, vae, out, n_per_class, seed, batch_size=100, guidance=None, top_k=0, top_p=0.0,
                      mode='reference', classes=None, prompt=None, desc='sampling', **sample_kw) -> Path:
-    "Write `n_per_class` PNGs per class to `out` (single process); skips finished batches; returns `out`."
+    "Write `n_per_class` PNGs per class to `out` (single process); skips finished batches (any run's: see `stage_sample`); returns `out`."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     classes = list(range(var.num_classes)) if classes is None else list(classes)
     generate_shard(out, class_conditions(classes, n_per_class), var_sampler(var, vae, guidance, top_k, top_p, mode, prompt, **sample_kw),
@@ -145,20 +145,23 @@ def guidance_from_spec(spec: dict):
 
 # %% ../../nbs/70_pipeline.ipynb #fa6d77e1
 def stage_sample(params, variant='base', out_root='outputs/samples', spec: dict | None = None):
-    "Sample a variant for every seed in `sample.seeds` into `out_root/<variant>/seed<s>/`, with a manifest."
+    """Sample a variant for every seed in `sample.seeds` into `out_root/<variant>/seed<s>/`, with a manifest; a folder
+    sampled with other settings or weights is emptied first, one with the same is resumed."""
     s = params['sample']
     spec = variant_spec(params, variant) if spec is None else spec
     dev = 'cuda' if torch.cuda.is_available() else 'cpu'
     var, vae = load_base_models(params, dev)
     var_p, vae_p = base_model_paths(params)
-    g = guidance_from_spec(spec)
+    g, out = guidance_from_spec(spec), Path(out_root) / variant
+    sampler = {**spec, 'n_per_class': s['n_per_class'], 'batch_size': s['batch_size']}
+    settings = {'sampler': sampler, 'guidance': repr(g), 'classes': var.num_classes, 'weights': made_by(var_p, vae_p)}  # seeds: one folder each
+    own_run_folder(out, settings)
     for seed in s['seeds']:
-        sample_to_folder(var, vae, Path(out_root) / variant / f'seed{seed}', s['n_per_class'], seed, s['batch_size'],
+        sample_to_folder(var, vae, out / f'seed{seed}', s['n_per_class'], seed, s['batch_size'],
                          g, spec['top_k'], spec['top_p'], spec['mode'], desc=f'{variant} seed {seed}')
-    write_json({'variant': variant, 'var': str(var_p), 'var_sha256': file_hash(var_p), 'vae': str(vae_p),
-                'vae_sha256': file_hash(vae_p), 'sampler': {**spec, 'n_per_class': s['n_per_class'], 'batch_size': s['batch_size']},
-                'guidance': repr(g), 'seeds': s['seeds'], 'seed_rule': 'generator seed = seed*1000003 + batch index',
-                'classes': var.num_classes}, Path(out_root) / variant / 'manifest.json')
+    write_json({'settings': settings, 'complete': True, 'variant': variant, 'var': str(var_p), 'var_sha256': file_hash(var_p),
+                'vae': str(vae_p), 'vae_sha256': file_hash(vae_p), 'sampler': sampler, 'guidance': repr(g), 'seeds': s['seeds'],
+                'seed_rule': 'generator seed = seed*1000003 + batch index', 'classes': var.num_classes}, out / 'manifest.json')
 
 # %% ../../nbs/70_pipeline.ipynb #53958dc1
 def sweep_name(lam, p) -> str: return f"vpg_sweep_lam{lam}_p{p}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib, sys
 from pathlib import Path
 import torch
-from ..utils.io import file_hash
 from ..utils.params import MissingAsset, active_profile, need_path
 from ..utils.distributed import dist_env
 from ..sampling.guidance import CFG
@@ -19,7 +18,7 @@ from ..sampling.apg import star_guidance
 from ..models.infinity_layers import scale_schedule
 from ..vpg.guidance import VPG, VARIANTS, REDRAWS
 from ..generation.generate import (generate, prompt_conditions, read_prompt_set, prompt_set_checks, layout_name,
-                                         finish_layout, tiles_dir, LAYOUTS)
+                                         finish_layout, tiles_dir, LAYOUTS, made_by, checkpoint_hash)
 from ..generation.backbone_samplers import infinity_sampler, hart_sampler, infinitystar_sampler
 from ..generation.videos import generate_videos, vbench_items
 from .config import load_config
@@ -97,7 +96,8 @@ def run_sample_t2i(model: str, out, prompt=None, prompts=None, checkpoint=None, 
                    vpg_variant: str = 'full_embedding', vpg_redraw: str = 'per_scale', vpg_schedule='all',
                    device=None, progress: bool = True, built=None, overwrite: bool = False) -> Path:
     """Text-to-image samples of Infinity or HART into `out` (numbered PNGs + texts.txt, or GenEval / DPG-Bench layouts).
-    `prompt`: texts given directly; `prompts`: a prompt file / DPG-Bench folder. `built`: (model, vae, encoder) already loaded."""
+    `prompt`: texts given directly; `prompts`: a prompt file / DPG-Bench folder. `built`: (model, vae, encoder) already
+    loaded, as modules (the encoder may hold its network in `.model`): the settings name their weights, or the files'."""
     p = load_config(params) if params is not None and Path(params).exists() else None
     if layout not in LAYOUTS: raise ValueError(f"--layout must be one of {LAYOUTS}, got {layout!r}")
     if prompt and prompts: raise ValueError("give either --prompt (repeatable) or --prompts FILE, not both")
@@ -124,7 +124,8 @@ def run_sample_t2i(model: str, out, prompt=None, prompts=None, checkpoint=None, 
         g = t2i_guidance(model, cfg, len(net.cfg.patch_nums), vpg_lambda, vpg_p, vpg_variant, vpg_redraw, vpg_schedule)
         sampler = hart_sampler(net, tok, encode, g, cfg=cfg, top_k=top_k, top_p=top_p, mode=mode)
     settings = {'model': model, 'guidance': repr(g), 'cfg': cfg, 'tau': tau, 'top_k': top_k, 'top_p': top_p, 'mode': mode, 'pn': pn,
-                'h_div_w': h_div_w, 'files_sha256': {k: file_hash(v) for k, v in (paths or {}).items() if Path(v).is_file()},
+                'h_div_w': h_div_w, 'files_sha256': {k: checkpoint_hash(v) for k, v in (paths or {}).items() if Path(v).is_file()},
+                'weights': made_by(*paths.values()) if paths else made_by(*built),      # every file and folder, or the modules
                 'conditions': {'kind': 'prompt', 'n_prompts': len(texts), 'n_per_prompt': n_per_prompt, 'layout': layout,
                                'texts_sha256': hashlib.sha256('\n'.join(texts).encode()).hexdigest()}}
     info = {k: str(v) for k, v in (paths or {}).items()} | {'device': dev.type, 'torch': torch.__version__, 'mvp_vpg_command': ' '.join(sys.argv)}
@@ -156,7 +157,7 @@ def run_sample_video(out, prompt=None, prompts=None, checkpoint=None, vae=None, 
                      fps: int = 16, device=None, progress: bool = True, built=None, schedule=None, overwrite: bool = False,
                      pn: str | None = None) -> Path:
     """InfinityStar videos into `out` in VBench's layout. `prompt`: texts (named by the text); `prompts`: a VBench info
-    JSON. `built`: (model, video VAE, text encoder) already loaded; `pn`: the preset's steps at another resolution
+    JSON. `built`: (model, video VAE, text encoder) already loaded, as modules; `pn`: the preset's steps at another resolution
     (None: the preset's); `schedule`: steps overriding `preset`/`duration`/`pn`."""
     from mvp_vpg.evaluation.vbench import read_vbench_info, vbench_prompts
     from mvp_vpg.models.infinitystar_backbone import preset_schedule
@@ -181,7 +182,8 @@ def run_sample_video(out, prompt=None, prompts=None, checkpoint=None, vae=None, 
     sampler = infinitystar_sampler(net, vvae, encode, guidance_rule=g, mode=mode, tau_image=tau_image, tau_video=tau_video, schedule=steps)
     settings = {'model': 'infinitystar', 'guidance': repr(g), 'cfg': cfg, 'tau_image': tau_image, 'tau_video': tau_video, 'mode': mode,
                 'preset': preset if schedule is None else 'custom', 'duration': duration, 'pn': pn, 'n_steps': len(steps),
-                'files_sha256': {k: file_hash(v) for k, v in (paths or {}).items() if Path(v).is_file()}}
+                'files_sha256': {k: checkpoint_hash(v) for k, v in (paths or {}).items() if Path(v).is_file()},
+                'weights': made_by(*paths.values()) if paths else made_by(*built)}
     man = generate_videos(out, items, sampler, seed, settings, fps=fps, progress=progress, overwrite=overwrite)
     if not man['complete']: raise RuntimeError(f"{out}: videos missing: run the same command again to resume")
     return Path(out)

@@ -28,7 +28,7 @@ from ..mvp.data import tuning_split, real_tuning_split, make_tuning_data
 from ..mvp.semantic import SemanticRefinement
 from ..mvp.baselines import QLoRAUnavailable, check_qlora_available
 from ..mvp.tuner import Tuner, load_tuned, train_tuner
-from ..generation.generate import generate_shard, t2i_sampler
+from ..generation.generate import generate_shard, t2i_sampler, made_by
 from ..generation.layouts import write_geneval
 from ..evaluation.geneval import toy_geneval_metadata, parse_geneval_results, evaluate_geneval_toy
 from ..evaluation.shapes_net import detect_objects, fidelity_metrics, class_accuracy, load_image_folder, load_scorer
@@ -66,8 +66,9 @@ def _samples_dir(folder: Path, key: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True); f.write_text(key)
     return folder
 
-def _tuned_key(tuned: Path | None, method: str, ev: dict) -> str:
-    parts = [method, json.dumps({k: v for k, v in ev.items() if k != 'seeds'}, sort_keys=True)]   # one folder per seed
+def _tuned_key(tuned: Path | None, method: str, ev: dict, made=()) -> str:
+    "What the samples are a function of: method, eval settings, the tuned artefacts' and `made` (the models' weights, the texts)."
+    parts = [method, json.dumps({k: v for k, v in ev.items() if k != 'seeds'}, sort_keys=True), *made]   # one folder per seed
     if tuned is not None:
         parts += sorted(f'{p.relative_to(tuned)}:{file_hash(p)}' for p in Path(tuned).rglob('*.safetensors'))
     return fingerprint(parts)
@@ -111,8 +112,7 @@ def evaluate_tuned(tuner: Tuner | None, var: VAR, vae, cfg: dict, data_params: d
     ref = tuning_split(cfg, data_params, 'test')[0]
     g = eval_guidance(ev, vae)
     prompt = tuner.prompt if tuner is not None else None
-    key = _tuned_key(None if tuner is None else Path(tuned_dir or out / 'tuned'), method, ev)
-    per_seed = []
+    per_seed, caps = [], None
     if task == 't2i':
         n = ev['n_per_class'] * var.num_classes
         _, vl, vr = tuning_split(cfg, data_params, 'val', n=n)
@@ -120,6 +120,9 @@ def evaluate_tuned(tuner: Tuner | None, var: VAR, vae, cfg: dict, data_params: d
         temb = encode_texts(clip, tokenizer, caps)
     else:
         vl = np.repeat(np.arange(var.num_classes), ev['n_per_class'])
+    # samples are kept only for the same weights (a retrained base VAR is another model) and texts
+    key = _tuned_key(None if tuner is None else Path(tuned_dir or out / 'tuned'), method, ev,
+                     [made_by(var, vae, clip if task == 't2i' else None), fingerprint(caps)])
     for seed in ev['seeds']:
         folder = _samples_dir(out / 'samples' / f'seed{seed}', key)
         if task == 't2i':
