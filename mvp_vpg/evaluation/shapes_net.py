@@ -19,7 +19,7 @@ from ..utils.params import load_params
 from ..data import shapes
 from ..data.shapes import CLASSES, COLORS, SHAPES, PROMPT_CATEGORIES, Scene, build_split, render_scene, check_prompt
 from ..utils.images import to_float_images
-from ..models.checkpoints import save_artifact, read_artifact_config, read_state_dict
+from ..models.checkpoints import save_artifact, load_artifact
 
 # %% auto #0
 __all__ = ['COLOR_NAMES', 'N_CELL_OUT', 'to_input', 'cell_targets', 'ScorerConfig', 'ShapesNet', 'save_scorer', 'load_scorer',
@@ -82,11 +82,8 @@ def save_scorer(model: ShapesNet, folder, extra: dict | None = None) -> Path:
 
 def load_scorer(folder, device='cpu') -> ShapesNet:
     "The `ShapesNet` saved in `folder`, in eval mode."
-    folder = Path(folder)
-    meta = read_artifact_config(folder, 'shapes-scorer', f'train one with `mvp-vpg train scorer --out {folder}`')
-    net = ShapesNet(ScorerConfig(**meta['config']))
-    net.load_state_dict(read_state_dict(folder))
-    return net.to(device).eval()
+    return load_artifact(folder, 'shapes-scorer', lambda m: ShapesNet(ScorerConfig(**m['config'])),
+                         f'train one with `mvp-vpg train scorer --out {folder}`', device)[0]
 
 # %% ../../nbs/12_scorer.ipynb #afc41239
 def _as_model(scorer, device='cpu') -> ShapesNet:

@@ -20,7 +20,7 @@ from .var import VAR, VARConfig
 __all__ = ['SMALL_MODEL', 'CheckpointError', 'unwrap_state_dict', 'torch_load_safe', 'read_state_dict', 'read_shards',
            'infer_var_config', 'infer_vqvae_config', 'check_state_dict', 'load_strict', 'empty_model', 'load_var',
            'load_vqvae', 'write_safetensors', 'save_artifact', 'read_artifact_config', 'save_pretrained',
-           'load_pretrained']
+           'load_pretrained', 'load_artifact']
 
 # %% ../../nbs/03_checkpoints.ipynb #0398452f
 class CheckpointError(ValueError):
@@ -199,8 +199,8 @@ def empty_model(build: Callable[[], nn.Module], sd: dict) -> nn.Module:
     with torch.device('cpu'), torch.random.fork_rng(devices=[]): return build()
 
 # %% ../../nbs/03_checkpoints.ipynb #b90cc28a
-def _build(cls, cfg, sd, name, device):
-    m = empty_model(lambda: cls(cfg), sd)
+def _build(make, sd, name, device):
+    m = empty_model(make, sd)
     if any(t.is_meta for t in sd.values()): raise CheckpointError(f"{name} holds meta tensors (shapes only), nothing to load")
     check_state_dict(m, sd, name)
     m.load_state_dict(sd, strict=True, assign=True)
@@ -214,7 +214,7 @@ def load_var(path, depth: int | None = None, device='cpu', **overrides) -> VAR:
     cfg = infer_var_config(sd, **overrides)
     if depth is not None and depth != cfg.depth:
         raise CheckpointError(f"{path} holds VAR-d{cfg.depth} (width {cfg.embed_dim}), not d{depth}: use depth={cfg.depth}")
-    return _build(VAR, cfg, sd, str(path), device)
+    return _build(lambda: VAR(cfg), sd, str(path), device)
 
 # %% ../../nbs/03_checkpoints.ipynb #14ab9097
 def load_vqvae(path, patch_nums=None, device='cpu', **overrides) -> VQVAE:
@@ -226,7 +226,7 @@ def load_vqvae(path, patch_nums=None, device='cpu', **overrides) -> VQVAE:
     cfg = infer_vqvae_config(sd, patch_nums, **overrides)
     k = 'quantize.ema_vocab_hit_SV'
     if k in sd and sd[k].shape[0] != len(cfg.patch_nums): sd = {**sd, k: torch.zeros(len(cfg.patch_nums), cfg.vocab_size)}
-    return _build(VQVAE, cfg, sd, str(path), device)
+    return _build(lambda: VQVAE(cfg), sd, str(path), device)
 
 # %% ../../nbs/03_checkpoints.ipynb #238ddb15
 def write_safetensors(sd: dict, path, metadata: dict | None = None):
@@ -266,4 +266,10 @@ def load_pretrained(folder, device='cpu') -> nn.Module:
     "Load a folder written by `save_pretrained` (architecture from config.json, weights strict)."
     meta = read_artifact_config(folder)
     cls, ccls = {'var': (VAR, VARConfig), 'vqvae': (VQVAE, VQVAEConfig)}[meta['type']]
-    return _build(cls, ccls(**meta['config']), read_state_dict(folder), str(folder), device)
+    return _build(lambda: cls(ccls(**meta['config'])), read_state_dict(folder), str(folder), device)
+
+def load_artifact(folder, kind: str, build, how_to_make: str = '', device='cpu') -> tuple:
+    """(module in eval mode on `device`, its config.json) of an artifact folder of type `kind`: `build(config)` makes the
+    module, the folder's model.safetensors is loaded into it strictly (a wrong name or shape is named)."""
+    meta = read_artifact_config(folder, kind, how_to_make)
+    return _build(lambda: build(meta), read_state_dict(folder), str(folder), device), meta

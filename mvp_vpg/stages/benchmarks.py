@@ -10,7 +10,7 @@ import shutil, tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 import typer
-from ..utils.io import write_json, file_hash, atomic_write, atomic_write_dir
+from ..utils.io import write_json, atomic_write, atomic_write_dir
 from ..utils.params import load_params, active_profile, profile_asset, need_path
 from .config import load_config
 from ..utils.distributed import dist_env, default_device
@@ -54,7 +54,7 @@ def stage_geneval_toy(params, variant: str = 'base', out_root='outputs/geneval_t
     out = Path(out_root) / variant
     settings = {'variant': variant, 'sampler': spec, 'guidance': repr(g), 'geneval_toy': cfg,
                 'conditions': {'kind': 'geneval_toy', 'n_prompts': len(items), 'n_per_prompt': n},
-                'var_sha256': file_hash(var_p), 'vae_sha256': file_hash(vae_p), 'weights': G.made_by(var_p, vae_p)}
+                'var_sha256': G.checkpoint_hash(var_p), 'vae_sha256': G.checkpoint_hash(vae_p), 'weights': G.made_by(var_p, vae_p)}
     man = G.generate(out, conds, G.var_sampler(var, vae, g, spec['top_k'], spec['top_p'], spec['mode']), s['seeds'][0],
                      s['batch_size'], settings, {'var': str(var_p), 'vae': str(vae_p)}, name=geneval_name(n), progress=progress,
                      overwrite=True)      # the stage's own folder: another run's images (other weights too) are replaced

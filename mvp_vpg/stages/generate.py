@@ -19,7 +19,8 @@ from ..models.toy_clip import load_clip, encode_texts
 from ..mvp.tuner import load_tuned
 from ..generation.layouts import index_name
 from ..generation.generate import (LAYOUTS, var_sampler, t2i_sampler, generate, class_conditions, prompt_conditions, read_prompt_set,
-                                         prompt_set_checks, layout_name, finish_layout, tiles_dir, made_by)
+                                         prompt_set_checks, layout_name, finish_layout, tiles_dir, made_by,
+                                         checkpoint_hash)
 from . import pipeline
 from .cli import parse_classes
 
@@ -118,7 +119,7 @@ def generate_cmd(
     seed = seed if seed is not None else s['seeds'][0]
     bs = batch_size or s['batch_size']
     base = {'variant': variant, 'profile': active_profile(p)[0], 'sampler': spec, 'guidance': repr(g),
-            'var_sha256': file_hash(var_p), 'vae_sha256': file_hash(vae_p), 'tuned': hashes,
+            'var_sha256': checkpoint_hash(var_p), 'vae_sha256': checkpoint_hash(vae_p), 'tuned': hashes,
             'weights': made_by(var_p, vae_p, tuned_folder(tuned), profile_clip_path(p) if task == 't2i' else None)}
     info = {'var': str(var_p), 'vae': str(vae_p), 'tuned_from': tuned, 'device': torch.device(dev).type, 'torch': torch.__version__,
             'mvp_vpg_command': ' '.join(sys.argv)}

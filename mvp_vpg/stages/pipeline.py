@@ -14,7 +14,7 @@ import torch
 import typer
 from PIL import Image
 from tqdm.auto import tqdm
-from ..utils.io import atomic_write, write_json, write_jsonl, write_text, file_hash
+from ..utils.io import atomic_write, write_json, write_jsonl, write_text
 from ..utils.params import MissingAsset, load_params, active_profile, require_path, is_toy
 from .config import load_config, check_spec
 from ..utils.images import to_uint8, save_png
@@ -23,7 +23,7 @@ from ..data.folders import image_folder_files, class_names, photo_sentence
 from ..models.checkpoints import load_pretrained, load_var, load_vqvae
 from ..sampling.sampler import sample, CFG
 from ..vpg.guidance import VPG
-from ..generation.generate import generate_shard, class_conditions, var_sampler, made_by, own_run_folder
+from ..generation.generate import generate_shard, class_conditions, var_sampler, made_by, own_run_folder, checkpoint_hash
 from ..evaluation import shapes_net as scorer
 
 # %% auto #0
@@ -159,8 +159,8 @@ def stage_sample(params, variant='base', out_root='outputs/samples', spec: dict 
     for seed in s['seeds']:
         sample_to_folder(var, vae, out / f'seed{seed}', s['n_per_class'], seed, s['batch_size'],
                          g, spec['top_k'], spec['top_p'], spec['mode'], desc=f'{variant} seed {seed}')
-    write_json({'settings': settings, 'complete': True, 'variant': variant, 'var': str(var_p), 'var_sha256': file_hash(var_p),
-                'vae': str(vae_p), 'vae_sha256': file_hash(vae_p), 'sampler': sampler, 'guidance': repr(g), 'seeds': s['seeds'],
+    write_json({'settings': settings, 'complete': True, 'variant': variant, 'var': str(var_p), 'var_sha256': checkpoint_hash(var_p),
+                'vae': str(vae_p), 'vae_sha256': checkpoint_hash(vae_p), 'sampler': sampler, 'guidance': repr(g), 'seeds': s['seeds'],
                 'seed_rule': 'generator seed = seed*1000003 + batch index', 'classes': var.num_classes}, out / 'manifest.json')
 
 # %% ../../nbs/70_pipeline.ipynb #53958dc1

@@ -28,7 +28,7 @@ from ..mvp.data import tuning_split, real_tuning_split, make_tuning_data
 from ..mvp.semantic import SemanticRefinement
 from ..mvp.baselines import QLoRAUnavailable, check_qlora_available
 from ..mvp.tuner import Tuner, load_tuned, train_tuner
-from ..generation.generate import generate_shard, t2i_sampler, made_by
+from ..generation.generate import generate_shard, t2i_sampler, made_by, checkpoint_hash
 from ..generation.layouts import write_geneval
 from ..evaluation.geneval import toy_geneval_metadata, parse_geneval_results, evaluate_geneval_toy
 from ..evaluation.shapes_net import detect_objects, fidelity_metrics, class_accuracy, load_image_folder, load_scorer
@@ -197,7 +197,7 @@ def run(params: dict, a) -> dict:
                                  need_captions=task == 't2i' or (name == 'train' and cfg['lambda_cap'] > 0),
                                  num_classes=var.num_classes, seed=cfg['seed'])
     out, res = Path(a.out), {}
-    prov = {'base_var': str(paths['var']), 'base_var_sha256': file_hash(paths['var']), 'vae_sha256': file_hash(paths['vae'])}
+    prov = {'base_var': str(paths['var']), 'base_var_sha256': checkpoint_hash(paths['var']), 'vae_sha256': checkpoint_hash(paths['vae'])}
     tuner = None
     if src is not None: tuner = load_tuned(src, var, device)
     elif method != 'base':

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from ..utils.checks import nearest_hint
 from ..utils.io import atomic_write_dir, file_hash, fingerprint, read_jsonl
-from ..utils.training import batch_indices, lr_at, optimizer_step, autocast
+from ..utils.training import batch_indices, TrainSteps, optimizer_step, autocast
 from ..utils.images import images_to_tensor, to_pm1
 from ..data import shapes
 from ..models.bsq import resize_codes
@@ -27,7 +26,7 @@ from ..models.infinity_vae import InfinityVAE, InfinityVAEConfig
 from ..models.infinity import Infinity, InfinityConfig
 from ..models.infinity_layers import TextCond, scale_schedule
 from ..models.infinity_backbone import InfinityBackbone
-from ..models.checkpoints import save_artifact, read_artifact_config, read_state_dict, write_safetensors, check_state_dict
+from ..models.checkpoints import save_artifact, load_artifact, read_state_dict, write_safetensors
 from ..models.toy_clip import load_toy_clip
 from .train import section, default_state_dir, resume_run
 
@@ -220,10 +219,8 @@ def train_toy_bsq(params: dict, out, *, state_dir=None, device='cpu', stop_at: i
     _, start, history = resume_run(state_dir, fp, steps, vae, opt, log, out.name)
     meta = {'fingerprint': fp, 'kind': 'toy_bsq', 'history': history}
     vae.train()
-    end = steps if stop_at is None else min(stop_at, steps)
-    bar = tqdm(range(start, end), total=steps, initial=start, desc=f'bsq {out.name}', disable=not progress, mininterval=5)
-    for step in bar:
-        for g in opt.param_groups: g['lr'] = lr_at(step, steps, h['lr'], h['warmup'], h['final_lr'])
+    loop = TrainSteps(opt, start, steps, h, stop_at, f'bsq {out.name}', progress)
+    for step in loop:
         x = to_pm1(train_x[batch_indices(len(train_x), bs, step, h['seed'])].to(device))
         with autocast(h['amp'], device): f = vae.encoder(x)
         f = f.float()
@@ -234,11 +231,10 @@ def train_toy_bsq(params: dict, out, *, state_dir=None, device='cpu', stop_at: i
         loss = rl + h['commit'] * commit
         optimizer_step(opt, loss, vae.parameters(), h['grad_clip'])
         history.append([step, round(loss.item(), 6), round(rl.item(), 6), round(commit.item(), 6)])
-        bar.set_postfix(rec=f'{rl.item():.4f}', commit=f'{commit.item():.4f}', refresh=False)
-        if (step + 1) % h['ckpt_every'] == 0 or step + 1 == end: save_state(state_dir, vae, opt, step + 1, meta)
-    bar.close()
-    res = {'history': history, 'start_step': start, 'step': end}
-    if end < steps: return res
+        loop.show(rec=f'{rl.item():.4f}', commit=f'{commit.item():.4f}')
+        if loop.save_due(step, h['ckpt_every']): save_state(state_dir, vae, opt, step + 1, meta)
+    res = {'history': history, 'start_step': start, 'step': loop.end}
+    if loop.end < steps: return res
     val, _ = load_split(params, 'val', data_dir=data_dir)
     m = bsq_metrics(vae, val, sched)
     m.update(steps=steps, train_wall_s=round(time.time() - t0, 1), final_loss=float(np.mean([r[1] for r in history[-50:]])))
@@ -249,12 +245,10 @@ def train_toy_bsq(params: dict, out, *, state_dir=None, device='cpu', stop_at: i
 
 def load_toy_bsq(folder, device='cpu') -> InfinityVAE:
     "The toy BSQ tokenizer written by `train_toy_bsq` (eval mode; `.schedule` = its (h, w) scales)."
-    meta = read_artifact_config(folder, 'toy_bsq', 'train it with `mvp-vpg train bsq`')
-    vae = InfinityVAE(InfinityVAEConfig(**meta['config']))
-    sd = read_state_dict(Path(folder) / 'model.safetensors')
-    check_state_dict(vae, sd, str(folder)); vae.load_state_dict(sd, strict=True)
+    vae, meta = load_artifact(folder, 'toy_bsq', lambda m: InfinityVAE(InfinityVAEConfig(**m['config'])),
+                              'train it with `mvp-vpg train bsq`', device)
     vae.schedule = [(s, s) for s in meta['schedule']]
-    return vae.to(device).eval()
+    return vae
 
 # %% ../../nbs/11b_toy_infinity.ipynb #59447769
 def infinity_config(sec: dict, bits: int) -> InfinityConfig:
@@ -337,10 +331,8 @@ def train_toy_infinity(params: dict, bsq_folder, clip_folder, out, *, state_dir=
     recs = load_split(params, 'train', data_dir=data_dir)[1]
     tok = cache['train_bits']
     model.train()
-    end = steps if stop_at is None else min(stop_at, steps)
-    bar = tqdm(range(start, end), total=steps, initial=start, desc=f'infinity {out.name}', disable=not progress, mininterval=5)
-    for step in bar:
-        for g in opt.param_groups: g['lr'] = lr_at(step, steps, h['lr'], h['warmup'], h['final_lr'])
+    loop = TrainSteps(opt, start, steps, h, stop_at, f'infinity {out.name}', progress)
+    for step in loop:
         bi = batch_indices(len(tok), bs, step, h['seed'])
         rng = np.random.default_rng([h['seed'], 7, step])
         b = tok[bi].to(device).long()
@@ -350,11 +342,10 @@ def train_toy_infinity(params: dict, bsq_folder, clip_folder, out, *, state_dir=
         loss, acc = bit_loss(logits, b)
         gn = optimizer_step(opt, loss, model.parameters(), h['grad_clip'])
         history.append([step, round(loss.item(), 6), round(acc.mean().item(), 5), round(float(gn), 4)])
-        bar.set_postfix(loss=f'{loss.item():.4f}', acc=f'{acc.mean().item():.4f}', refresh=False)
-        if (step + 1) % h['ckpt_every'] == 0 or step + 1 == end: save_state(state_dir, model, opt, step + 1, meta, extra=cache)
-    bar.close()
-    res = {'history': history, 'start_step': start, 'step': end}
-    if end < steps: return res
+        loop.show(loss=f'{loss.item():.4f}', acc=f'{acc.mean().item():.4f}')
+        if loop.save_due(step, h['ckpt_every']): save_state(state_dir, model, opt, step + 1, meta, extra=cache)
+    res = {'history': history, 'start_step': start, 'step': loop.end}
+    if loop.end < steps: return res
     vimgs, vrecs = load_split(params, 'val', data_dir=data_dir)
     n = min(h['eval_n'], len(vimgs))
     vbits, caps = _tokens(vae, vimgs[:n], vae.schedule), [r['caption'] for r in vrecs[:n]]
@@ -371,9 +362,7 @@ def train_toy_infinity(params: dict, bsq_folder, clip_folder, out, *, state_dir=
 
 def load_toy_infinity(folder, device='cpu') -> Infinity:
     "The toy Infinity written by `train_toy_infinity` (eval mode; `.schedule` = its (h, w) scales, `.n_scales`)."
-    meta = read_artifact_config(folder, 'toy_infinity', 'train it with `mvp-vpg train infinity`')
-    model = Infinity(InfinityConfig(**meta['config']))
-    sd = read_state_dict(Path(folder) / 'model.safetensors')
-    check_state_dict(model, sd, str(folder)); model.load_state_dict(sd, strict=True)
+    model, meta = load_artifact(folder, 'toy_infinity', lambda m: Infinity(InfinityConfig(**m['config'])),
+                                'train it with `mvp-vpg train infinity`', device)
     model.schedule, model.n_scales = [(s, s) for s in meta['schedule']], len(meta['schedule'])
-    return model.to(device).eval()
+    return model

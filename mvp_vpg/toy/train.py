@@ -12,10 +12,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from ..utils.io import atomic_write_dir, file_hash, fingerprint
 from ..utils.params import load_params
-from ..utils.training import batch_indices, lr_at, optimizer_step, autocast
+from ..utils.training import batch_indices, TrainSteps, optimizer_step, autocast
 from ..utils.images import save_grid, images_to_tensor, to_pm1
 from ..models.vqvae import VQVAE, VQVAEConfig, tokenize, split_tokens
 from ..models.var import VAR, VARConfig
@@ -259,10 +258,8 @@ def train_vqvae(params: dict, out, *, state_dir=None, device='cpu', stop_at: int
         init_codebook(vae, to_pm1(train_x[batch_indices(len(train_x), min(256, len(train_x)), 0, h['seed'] + 1)]).to(device))
     meta = {'fingerprint': fp, 'kind': 'vqvae', 'history': history, 'resets': meta.get('resets', []) if meta else []}
     vae.train()
-    end = steps if stop_at is None else min(stop_at, steps)
-    bar = tqdm(range(start, end), total=steps, initial=start, desc=f'vqvae {out.name}', disable=not progress, mininterval=5)
-    for step in bar:
-        for g in opt.param_groups: g['lr'] = lr_at(step, steps, h['lr'], h['warmup'], h['final_lr'])
+    loop = TrainSteps(opt, start, steps, h, stop_at, f'vqvae {out.name}', progress)
+    for step in loop:
         x = to_pm1(train_x[batch_indices(len(train_x), bs, step, h['seed'])].to(device))
         with autocast(h['amp'], device): f = vae.img_to_f(x)
         with torch.autocast(torch.device(device).type, enabled=False):
@@ -275,12 +272,11 @@ def train_vqvae(params: dict, out, *, state_dir=None, device='cpu', stop_at: int
         if h['reset_every'] and (step + 1) % h['reset_every'] == 0 and step < h['reset_until'] * steps:
             n = reset_dead_codes(vae, pool, h['dead_frac'])
             if n: meta['resets'].append([step, n])
-        bar.set_postfix(loss=f'{loss.item():.4f}', rec=f'{rl.item():.4f}', vq=f'{vq_loss.item():.4f}', refresh=False)
-        if (step + 1) % h['ckpt_every'] == 0 or step + 1 == end:
+        loop.show(loss=f'{loss.item():.4f}', rec=f'{rl.item():.4f}', vq=f'{vq_loss.item():.4f}')
+        if loop.save_due(step, h['ckpt_every']):
             save_train_state(state_dir, vae, opt, step + 1, meta)
-    bar.close()
-    res = {'history': history, 'start_step': start, 'step': end}
-    if end < steps: return res
+    res = {'history': history, 'start_step': start, 'step': loop.end}
+    if loop.end < steps: return res
     val_x, _ = _split(params, 'val')
     m = vqvae_metrics(vae, val_x)
     m.update(steps=steps, train_wall_s=round(time.time() - t0, 1), final_loss=float(np.mean([r[1] for r in history[-50:]])),
@@ -353,10 +349,8 @@ def train_var(params: dict, vae_folder, out, *, state_dir=None, device='cpu', st
     tok, lab = cache['train_tokens'], cache['train_labels']
     meta = {'fingerprint': fp, 'kind': 'var', 'history': history}
     var.train()
-    end = steps if stop_at is None else min(stop_at, steps)
-    bar = tqdm(range(start, end), total=steps, initial=start, desc=f'var {out.name}', disable=not progress, mininterval=5)
-    for step in bar:
-        for g in opt.param_groups: g['lr'] = lr_at(step, steps, h['lr'], h['warmup'], h['final_lr'])
+    loop = TrainSteps(opt, start, steps, h, stop_at, f'var {out.name}', progress)
+    for step in loop:
         bi = batch_indices(len(tok), bs, step, h['seed'])
         idx = split_tokens(tok[bi].to(device), cfg.patch_nums)
         with torch.no_grad(): x_in = vae.quantize.var_inputs(idx)
@@ -365,12 +359,11 @@ def train_var(params: dict, vae_folder, out, *, state_dir=None, device='cpu', st
                                label_smoothing=h['label_smoothing'])
         gn = optimizer_step(opt, loss, var.parameters(), h['grad_clip'])
         history.append([step, round(loss.item(), 6), round(float(gn), 4)])
-        bar.set_postfix(loss=f'{loss.item():.4f}', refresh=False)
-        if (step + 1) % h['ckpt_every'] == 0 or step + 1 == end:
+        loop.show(loss=f'{loss.item():.4f}')
+        if loop.save_due(step, h['ckpt_every']):
             save_train_state(state_dir, var, opt, step + 1, meta, extra_tensors=cache)
-    bar.close()
-    res = {'history': history, 'start_step': start, 'step': end}
-    if end < steps: return res
+    res = {'history': history, 'start_step': start, 'step': loop.end}
+    if loop.end < steps: return res
     n_eval = min(h['eval_n'], len(tok))
     tr = var_metrics(var, vae, tok[:n_eval], lab[:n_eval])
     va = var_metrics(var, vae, cache['val_tokens'], cache['val_labels'])

@@ -17,17 +17,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from ..utils.io import file_hash, fingerprint
 from ..utils.checks import nearest_hint
-from ..utils.training import batch_indices, lr_at, optimizer_step, autocast
+from ..utils.training import batch_indices, TrainSteps, optimizer_step, autocast
 from ..data.moving_shapes import clip_split
 from ..models.infinity_vae import InfinityVAE, InfinityVAEConfig
 from ..models.infinitystar import InfinityStar, InfinityStarConfig, bit_loss_acc
 from ..models.infinitystar_layers import StarStep, step_rope
 from ..models.infinitystar_backbone import InfinityStarBackbone, codes_on_grid
 from ..models.infinity_layers import TextCond
-from ..models.checkpoints import save_artifact, read_artifact_config, read_state_dict, check_state_dict
+from ..models.checkpoints import save_artifact, load_artifact, read_state_dict
 from .train import default_state_dir, resume_run
 from .infinity_train import (ToyTextEncoder, toy_infinity_section, bsq_config, load_toy_bsq, save_state,
                                         drop_text)
@@ -48,7 +47,8 @@ TOY_VIDEO = {
     'infinitystar': dict(depth=4, embed_dim=128, num_heads=4, num_kv_heads=2, mlp_hidden=384, block_chunks=1,
                          steps=1400, batch_size=12, lr=1.5e-3, seed=0, cond_drop=0.1, warmup=0.05, final_lr=0.1,
                          weight_decay=0.05, grad_clip=2.0, amp='bf16', ckpt_every=250, eval_n=200,
-                         loss_weight='token'),   # 'scale': every step weighs the same (Infinity's reweight_loss_by_scale)
+                         loss_weight='token',    # 'scale': every step weighs the same (Infinity's reweight_loss_by_scale)
+                         train_clips=None),      # clips of the train split it sees (None: data.n_train, the tokenizer's)
 }
 
 def _check(cond: bool, where: str, what: str, got):
@@ -92,6 +92,7 @@ def toy_video_section(params: dict) -> dict:
     _check(t['depth'] % t['block_chunks'] == 0, 'infinitystar.depth', f"divisible by block_chunks={t['block_chunks']}", t['depth'])
     _check(0 <= t['cond_drop'] < 1, 'infinitystar.cond_drop', 'in [0, 1)', t['cond_drop'])
     _check(t['loss_weight'] in ('token', 'scale'), 'infinitystar.loss_weight', "'token' or 'scale'", t['loss_weight'])
+    if t['train_clips'] is not None: _int(t, 'train_clips', 'infinitystar')
     i = out['tokenizer']['init']
     _check(i is None or isinstance(i, str), 'tokenizer.init', 'a toy BSQ folder or null (train from scratch)', i)
     return out
@@ -225,10 +226,8 @@ def train_toy_video_tokenizer(params: dict, out, *, state_dir=None, device='cpu'
     _, start, history = resume_run(state_dir, fp, h['steps'], tok, opt, log, out.name)
     meta = {'fingerprint': fp, 'kind': 'toy_video_tokenizer', 'history': history}
     tok.train()
-    end = h['steps'] if stop_at is None else min(stop_at, h['steps'])
-    bar = tqdm(range(start, end), total=h['steps'], initial=start, desc=f'tokenizer {out.name}', disable=not progress, mininterval=5)
-    for step in bar:
-        for g in opt.param_groups: g['lr'] = lr_at(step, h['steps'], h['lr'], h['warmup'], h['final_lr'])
+    loop = TrainSteps(opt, start, h['steps'], h, stop_at, f'tokenizer {out.name}', progress)
+    for step in loop:
         x = video_tensor(videos[batch_indices(len(videos), h['batch_size'], step, h['seed'])]).to(device)
         f = tok.features(x, h['amp'])
         _, fh = tok.quantize(f)
@@ -238,11 +237,10 @@ def train_toy_video_tokenizer(params: dict, out, *, state_dir=None, device='cpu'
         loss = rl + h['commit'] * commit
         optimizer_step(opt, loss, tok.parameters(), h['grad_clip'])
         history.append([step, round(loss.item(), 6), round(rl.item(), 6), round(commit.item(), 6)])
-        bar.set_postfix(rec=f'{rl.item():.4f}', refresh=False)
-        if (step + 1) % h['ckpt_every'] == 0 or step + 1 == end: save_state(state_dir, tok, opt, step + 1, meta)
-    bar.close()
-    res = {'history': history, 'start_step': start, 'step': end}
-    if end < h['steps']: return res
+        loop.show(rec=f'{rl.item():.4f}')
+        if loop.save_due(step, h['ckpt_every']): save_state(state_dir, tok, opt, step + 1, meta)
+    res = {'history': history, 'start_step': start, 'step': loop.end}
+    if loop.end < h['steps']: return res
     m = tokenizer_metrics(tok, load_clips(sec, 'val')[0])
     m.update(steps=h['steps'], train_wall_s=round(time.time() - t0, 1), final_loss=float(np.mean([r[1] for r in history[-50:]])))
     save_artifact(tok.cpu().eval().state_dict(), {'type': 'toy_video_tokenizer', 'config': asdict(cfg), 'schedule': sec['schedule'],
@@ -253,13 +251,10 @@ def train_toy_video_tokenizer(params: dict, out, *, state_dir=None, device='cpu'
 
 def load_toy_video_tokenizer(folder, device='cpu') -> ToyVideoTokenizer:
     "The toy video tokenizer written by `train_toy_video_tokenizer` (eval mode; `.steps` = its schedule)."
-    meta = read_artifact_config(folder, 'toy_video_tokenizer', 'train it with `mvp-vpg train video-tokenizer`')
-    cfg = InfinityVAEConfig(**meta['config'])
-    tok = ToyVideoTokenizer(cfg, toy_star_schedule(meta['schedule'], meta['frames'], meta['semantic_scales'],
-                                                   meta['semantic_bits'], cfg.codebook_dim))
-    sd = read_state_dict(Path(folder) / 'model.safetensors')
-    check_state_dict(tok, sd, str(folder)); tok.load_state_dict(sd, strict=True)
-    return tok.to(device).eval()
+    def build(m):
+        cfg = InfinityVAEConfig(**m['config'])
+        return ToyVideoTokenizer(cfg, toy_star_schedule(m['schedule'], m['frames'], m['semantic_scales'], m['semantic_bits'], cfg.codebook_dim))
+    return load_artifact(folder, 'toy_video_tokenizer', build, 'train it with `mvp-vpg train video-tokenizer`', device)[0]
 
 # %% ../../nbs/11d_toy_video.ipynb #a64bddfd
 def star_config(sec: dict, tok: ToyVideoTokenizer, enc: ToyTextEncoder) -> InfinityStarConfig:
@@ -338,16 +333,14 @@ def train_toy_infinitystar(params: dict, tokenizer_folder, clip_folder, out, *, 
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': h['weight_decay']}, {'params': rest, 'weight_decay': 0.0}],
                             lr=h['lr'], betas=(0.9, 0.95))
     meta, start, history = resume_run(state_dir, fp, h['steps'], model, opt, log, out.name)
-    videos, caps = load_clips(sec, 'train')
+    videos, caps = load_clips(sec, 'train', h['train_clips'])
     cache = (read_state_dict(state_dir / 'cache.safetensors') if meta is not None
              else {f'bits{k}': b for k, b in enumerate(_video_bits(tok, videos))})
     all_bits = [cache[f'bits{k}'] for k in range(len(tok.steps))]
     meta = {'fingerprint': fp, 'kind': 'toy_infinitystar', 'history': history}
     model.train()
-    end = h['steps'] if stop_at is None else min(stop_at, h['steps'])
-    bar = tqdm(range(start, end), total=h['steps'], initial=start, desc=f'infinitystar {out.name}', disable=not progress, mininterval=5)
-    for step in bar:
-        for g in opt.param_groups: g['lr'] = lr_at(step, h['steps'], h['lr'], h['warmup'], h['final_lr'])
+    loop = TrainSteps(opt, start, h['steps'], h, stop_at, f'infinitystar {out.name}', progress)
+    for step in loop:
         bi = batch_indices(len(videos), h['batch_size'], step, h['seed'])
         rng = np.random.default_rng([h['seed'], 7, step])
         b = [x[bi].to(device).long() for x in all_bits]
@@ -357,11 +350,10 @@ def train_toy_infinitystar(params: dict, tokenizer_folder, clip_folder, out, *, 
         loss = (tl * weights).sum(1).mean()
         gn = optimizer_step(opt, loss, model.parameters(), h['grad_clip'])
         history.append([step, round(loss.item(), 6), round(acc.mean().item(), 5), round(float(gn), 4)])
-        bar.set_postfix(loss=f'{loss.item():.4f}', acc=f'{acc.mean().item():.4f}', refresh=False)
-        if (step + 1) % h['ckpt_every'] == 0 or step + 1 == end: save_state(state_dir, model, opt, step + 1, meta, extra=cache)
-    bar.close()
-    res = {'history': history, 'start_step': start, 'step': end}
-    if end < h['steps']: return res
+        loop.show(loss=f'{loss.item():.4f}', acc=f'{acc.mean().item():.4f}')
+        if loop.save_due(step, h['ckpt_every']): save_state(state_dir, model, opt, step + 1, meta, extra=cache)
+    res = {'history': history, 'start_step': start, 'step': loop.end}
+    if loop.end < h['steps']: return res
     vv, vcaps = load_clips(sec, 'val', min(h['eval_n'], sec['data']['n_val']))
     vbits = [b.long() for b in _video_bits(tok, vv)]
     perm = np.random.default_rng(0).permutation(len(vv))
@@ -382,9 +374,7 @@ def _clip_width(clip_folder) -> int:
 
 def load_toy_infinitystar(folder, device='cpu') -> InfinityStar:
     "The toy InfinityStar written by `train_toy_infinitystar` (eval mode; `.toy` = its schedule settings)."
-    meta = read_artifact_config(folder, 'toy_infinitystar', 'train it with `mvp-vpg train infinitystar`')
-    model = InfinityStar(InfinityStarConfig(**meta['config']))
-    sd = read_state_dict(Path(folder) / 'model.safetensors')
-    check_state_dict(model, sd, str(folder)); model.load_state_dict(sd, strict=True)
+    model, meta = load_artifact(folder, 'toy_infinitystar', lambda m: InfinityStar(InfinityStarConfig(**m['config'])),
+                                'train it with `mvp-vpg train infinitystar`', device)
     model.toy = {k: meta[k] for k in ('schedule', 'frames', 'semantic_scales')}
-    return model.to(device).eval()
+    return model

@@ -9,9 +9,10 @@ from __future__ import annotations
 import resource
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['batch_indices', 'lr_at', 'optimizer_step', 'autocast', 'reset_peak_memory', 'peak_memory', 'open_live']
+__all__ = ['batch_indices', 'lr_at', 'TrainSteps', 'optimizer_step', 'autocast', 'reset_peak_memory', 'peak_memory', 'open_live']
 
 # %% ../../nbs/09_training.ipynb #c44bb2ec
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
@@ -29,6 +30,29 @@ def lr_at(step: int, steps: int, peak: float, warmup: float = 0.05, final: float
     plateau = wp + round(0.05 * (steps - wp))
     if step < plateau: return peak
     return peak * (1 - (1 - final) * (step - plateau) / max(steps - 1 - plateau, 1))
+
+# %% ../../nbs/09_training.ipynb #a8f1eb17
+class TrainSteps:
+    """The steps `start`..`end` of a resumable run of `steps` steps (`end`: `stop_at` capped at `steps`) behind a progress
+    bar; before each step the optimizer's lr is set by `lr_at` from `h`'s lr, warmup and final_lr."""
+    def __init__(self, opt, start: int, steps: int, h: dict, stop_at: int | None = None, desc: str = '', progress: bool = True):
+        self.opt, self.steps, self.sched = opt, steps, (h['lr'], h['warmup'], h['final_lr'])
+        self.end = steps if stop_at is None else min(stop_at, steps)
+        self.bar = tqdm(range(start, self.end), total=steps, initial=start, desc=desc, disable=not progress, mininterval=5)
+
+    def __iter__(self):
+        for step in self.bar:
+            for g in self.opt.param_groups: g['lr'] = lr_at(step, self.steps, *self.sched)
+            yield step
+        self.bar.close()
+
+    def show(self, **values):
+        "Values to show beside the bar (redrawn at the bar's own pace)."
+        self.bar.set_postfix(refresh=False, **values)
+
+    def save_due(self, step: int, every: int) -> bool:
+        "Whether the train state is written after `step`: every `every` steps and at `end`."
+        return (step + 1) % every == 0 or step + 1 == self.end
 
 # %% ../../nbs/09_training.ipynb #873d72c7
 def optimizer_step(opt, loss: torch.Tensor, params, grad_clip: float = 0.0) -> float:
