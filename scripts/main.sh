@@ -16,5 +16,6 @@ else
   echo; cat reports/headline/results.md
   echo; cat reports/headline/infinity.md
   echo; cat reports/headline/video.md
+  echo; cat reports/headline/video_sweep.md
   echo "Figures: reports/headline/paired.png (paired differences), reports/headline/grid.png (samples), reports/headline/infinity_grid.png (toy Infinity samples), reports/headline/video_frames.png (toy InfinityStar clips)"
 fi

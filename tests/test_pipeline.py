@@ -23,6 +23,7 @@ def repo(tmp_path_factory):
     p['headline'].update(n_per_class=2, seeds=[0, 1], batch_size=12, n_boot=10)
     p['headline_infinity'].update(n_per_category=1, n_per_prompt=2, seeds=[0, 1], batch_size=12, dpg={'n_prompts': 2})
     p['headline_video'].update(n_per_dimension=1, n_per_prompt=1, seeds=[0, 1], batch_size=7, latency={'batch_size': 2, 'repeats': 1})
+    p['headline_video_sweep'].update(lams=[1.0], ps=[0.25], schedules=['semantic'])
     st = p['infinity_study']                                               # toy Infinity study: 2 tuning steps, one sweep point
     st['sample'].update(n_per_category=1, n_per_prompt=1, seeds=[0, 1], batch_size=12, dpg={'n_prompts': 2})
     st['sweep'] = {'lams': [2.0], 'ps': [0.5]}
@@ -30,7 +31,7 @@ def repo(tmp_path_factory):
     (d / 'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
     _run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qam', 'shrunk params'], d)
     _run(['dvc', 'repro'], d)
-    assert all((d / f'metrics/headline/{m}.json').exists() for m in ('paired', 'infinity', 'video'))
+    assert all((d / f'metrics/headline/{m}.json').exists() for m in ('paired', 'infinity', 'video', 'video_sweep'))
     assert not (d / 'metrics/base.json').exists()   # the main job is the headline only
     _run(['dvc', 'repro', 'study/dvc.yaml'], d)
     return d
@@ -74,6 +75,9 @@ def test_headline_video_part(repo):
     assert (repo / 'reports/headline/video_frames.png').stat().st_size > 0
     a, b = (np.load(repo / f'outputs/headline/video/{v}/seed0.npz')['videos'] for v in ('base', 'vpg_all'))
     assert a.shape == (7, 5, 32, 32, 3) and not np.array_equal(a, b)
+    sw = json.loads((repo / 'metrics/headline/video_sweep.json').read_text())       # the VPG settings sweep, on other prompts
+    assert [(g['schedule'], g['vpg_lambda'], g['vpg_p']) for g in sw['grid']] == [('semantic', 1.0, 0.25)]
+    assert sw['settings']['prompt_seed'] != sw['settings']['headline_prompt_seed'] and '| semantic | 1.0 | 0.25 |' in (repo / 'reports/headline/video_sweep.md').read_text()
 
 def test_infinity_study_stages(repo):
     m = json.loads((repo / 'metrics/infinity/results.json').read_text())

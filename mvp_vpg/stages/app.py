@@ -82,6 +82,7 @@ COMMANDS = [   # (group, name, typed function, errors reported as one line)
     (app, 'infinity-compare', infinity_study.infinity_compare_cmd, RUN_ERRORS),
     (app, 'headline-video-sample', headline_video.headline_video_sample_cmd, ERRORS),
     (app, 'headline-video-compare', headline_video.headline_video_compare_cmd, RUN_ERRORS),
+    (app, 'headline-video-sweep', headline_video.headline_video_sweep_cmd, RUN_ERRORS),
     (evaluate_app, 'adm', evaluators.adm_cmd, RUN_ERRORS),
     (evaluate_app, 'fid', evaluators.fid_cmd, RUN_ERRORS),
     (evaluate_app, 'clipscore', evaluators.clipscore_cmd, RUN_ERRORS),

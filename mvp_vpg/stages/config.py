@@ -205,6 +205,7 @@ class Params(Section):
     infinity_study: dict | None = None      # checked by stages.infinity_study (the toy Infinity part of the full study)
     toy_video: dict | None = None           # checked by toy.video_train's own section checker
     headline_video: dict | None = None      # checked by stages.headline_video
+    headline_video_sweep: dict | None = None  # checked by stages.headline_video
     profiles: dict
 
     @model_validator(mode='after')

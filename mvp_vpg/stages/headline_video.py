@@ -29,16 +29,18 @@ from .config import load_config
 from .t2i import semantic_steps
 
 # %% auto #0
-__all__ = ['VARIANTS', 'HEADLINE_VIDEO_DEFAULTS', 'ROOT', 'LABELS', 'headline_video_section', 'headline_video_guidance',
-           'headline_video_prompts', 'load_headline_video_models', 'sample_clips', 'stage_headline_video_sample',
-           'latency_table', 'stage_headline_video_compare', 'headline_video_markdown', 'headline_video_sample_cmd',
-           'headline_video_compare_cmd']
+__all__ = ['VARIANTS', 'HEADLINE_VIDEO_DEFAULTS', 'SWEEP_DEFAULTS', 'SWEEP_SCHEDULES', 'ROOT', 'LABELS', 'headline_video_section',
+           'headline_video_sweep_section', 'headline_video_guidance', 'headline_video_prompts',
+           'load_headline_video_models', 'sample_clips', 'stage_headline_video_sample', 'latency_table',
+           'stage_headline_video_compare', 'headline_video_markdown', 'stage_headline_video_sweep',
+           'headline_video_sweep_markdown', 'headline_video_sample_cmd', 'headline_video_compare_cmd',
+           'headline_video_sweep_cmd']
 
 # %% ../../nbs/95_headline_video.ipynb #e27c86fe
 VARIANTS = ('base', 'vpg_all', 'vpg_semantic')
 _VPG = dict(vpg_lambda=1.0, vpg_p=0.5, vpg_variant='full_embedding', vpg_redraw='per_scale')
 HEADLINE_VIDEO_DEFAULTS = dict(
-    n_per_dimension=6, n_per_prompt=1, seeds=[0, 1, 2], batch_size=42, cfg=3.0, tau_image=1.0, tau_video=1.0, prompt_seed=0,
+    n_per_dimension=6, n_per_prompt=1, seeds=[0, 1, 2], batch_size=42, cfg=3.0, tau_image=1.0, tau_video=0.4, prompt_seed=0,
     vpg_all=dict(_VPG), vpg_semantic={**_VPG, 'vpg_p': 0.25}, latency=dict(batch_size=14, repeats=2), figure_prompts=4)
 
 def headline_video_section(params: dict) -> dict:
@@ -47,8 +49,9 @@ def headline_video_section(params: dict) -> dict:
     if not isinstance(params, dict) or w not in params: raise ValueError(f"params has no `{w}:` section (see params.yaml)")
     h = params[w] or {}
     check_keys(h, D, w)
-    for k in ('vpg_all', 'vpg_semantic', 'latency'): check_keys(h.get(k, {}), D[k], f'{w}.{k}')
-    h = {**D, **h, **{k: {**D[k], **h.get(k, {})} for k in ('vpg_all', 'vpg_semantic', 'latency')}}
+    subs = ('vpg_all', 'vpg_semantic', 'latency')
+    for k in subs: check_keys(h.get(k, {}), D[k], f'{w}.{k}')
+    h = {**D, **h, **{k: {**D[k], **h.get(k, {})} for k in subs}}
     for k in ('n_per_dimension', 'n_per_prompt', 'batch_size', 'figure_prompts'): check_int(h[k], f'{w}.{k}')
     check_int(h['prompt_seed'], f'{w}.prompt_seed', 0)
     check_int(h['latency']['batch_size'], f'{w}.latency.batch_size'); check_int(h['latency']['repeats'], f'{w}.latency.repeats')
@@ -62,6 +65,25 @@ def headline_video_section(params: dict) -> dict:
         check_number(v['vpg_lambda'], f'{w}.{k}.vpg_lambda'); check_number(v['vpg_p'], f'{w}.{k}.vpg_p', 0, 1)
         check_one_of(v['vpg_variant'], VPG_VARIANTS, f'{w}.{k}.vpg_variant'); check_one_of(v['vpg_redraw'], REDRAWS, f'{w}.{k}.vpg_redraw')
     return h
+
+SWEEP_DEFAULTS = dict(prompt_seed=7, lams=[0.5, 1.0], ps=[0.1, 0.25, 0.5], schedules=['all', 'semantic'])
+SWEEP_SCHEDULES = ('all', 'semantic')
+
+def headline_video_sweep_section(params: dict) -> dict:
+    "params.yaml's `headline_video_sweep:` checked, defaults filled in; its prompts must not be the headline's."
+    w, h = 'headline_video_sweep', headline_video_section(params)
+    sw = params.get(w) or {}
+    check_keys(sw, SWEEP_DEFAULTS, w)
+    sw = {**SWEEP_DEFAULTS, **sw}
+    check_int(sw['prompt_seed'], f'{w}.prompt_seed', 0)
+    if sw['prompt_seed'] == h['prompt_seed']:
+        raise ValueError(f"{w}.prompt_seed: must differ from headline_video.prompt_seed ({h['prompt_seed']}): the sweep explores on other prompts than the headline reports on")
+    for k, lo, hi in (('lams', None, None), ('ps', 0, 1)):
+        if not isinstance(sw[k], list) or not sw[k]: raise ValueError(f"{w}.{k}: must be a non-empty list of numbers, got {sw[k]!r}")
+        for x in sw[k]: check_number(x, f'{w}.{k}', lo, hi)
+    if not isinstance(sw['schedules'], list) or not sw['schedules']: raise ValueError(f"{w}.schedules: must be a non-empty list, got {sw['schedules']!r}")
+    for x in sw['schedules']: check_one_of(x, SWEEP_SCHEDULES, f'{w}.schedules')
+    return sw
 
 # %% ../../nbs/95_headline_video.ipynb #8bc8a809
 def headline_video_guidance(h: dict, variant: str, steps):
@@ -252,6 +274,56 @@ def headline_video_markdown(res: dict, figure_prompts=()) -> str:
             "clip 0 of the first seed, same draws), frames 0-4 left to right, 2x upscaled:\n\n" + ''.join(f"- {p}\n" for p in figure_prompts))
     return txt
 
+# %% ../../nbs/95_headline_video.ipynb #6cf4f924
+def stage_headline_video_sweep(params: dict, metrics='metrics/headline/video_sweep.json', out='reports/headline/video_sweep.md',
+                               models=None) -> dict:
+    "Paired toy VBench (Quality / Semantic / Total deltas vs unguided) of every VPG setting in `headline_video_sweep`."
+    _toy_only(params)
+    h, sw = headline_video_section(params), headline_video_sweep_section(params)
+    model, tok, enc = models or load_headline_video_models(params)
+    ck = Path((params.get('profiles', {}).get('toy') or {}).get('checkpoints') or 'data/toy')
+    scorer = load_scorer(ck / 'scorer')
+    items = video_prompts(sw['prompt_seed'], h['n_per_dimension'])
+    texts = prompt_conditions([it['prompt'] for it in items], h['n_per_prompt'])
+    rows = [it for _ in h['seeds'] for it in items for _ in range(h['n_per_prompt'])]
+    base, v = star_guidance('cfg', h['cfg']), h['vpg_all']
+    def score(g):
+        sampler = toy_video_sampler(model, tok, enc, g, h['tau_image'], h['tau_video'])
+        return toy_vbench(np.concatenate([sample_clips(sampler, texts, s, h['batch_size']) for s in h['seeds']]), rows, scorer)
+    t0, b, grid = time.time(), score(base), []
+    keys = ('quality_score', 'semantic_score', 'total_score')
+    for sched in sw['schedules']:
+        steps = 'all' if sched == 'all' else semantic_steps(tok.steps)
+        for lam in sw['lams']:
+            for p in sw['ps']:
+                pr = paired_vbench(b, score(VPG(lam, p, v['vpg_variant'], v['vpg_redraw'], steps, base=base)))
+                grid.append({'schedule': sched, 'vpg_lambda': lam, 'vpg_p': p, **{k: pr[k] for k in keys}})
+    res = _nan_to_none({'base': {k: b[k] for k in keys}, 'grid': grid, 'seconds': round(time.time() - t0, 1),
+                        'settings': {**sw, **{k: h[k] for k in ('n_per_dimension', 'n_per_prompt', 'seeds', 'cfg', 'tau_image', 'tau_video')},
+                                     'vpg_variant': v['vpg_variant'], 'vpg_redraw': v['vpg_redraw'], 'n_clips': len(rows),
+                                     'semantic_steps': semantic_steps(tok.steps), 'headline_prompt_seed': h['prompt_seed']}})
+    write_text(out, headline_video_sweep_markdown(res))
+    write_json(res, metrics)                       # last: its presence means the report is complete
+    return res
+
+def headline_video_sweep_markdown(res: dict) -> str:
+    "reports/headline/video_sweep.md: one row per (schedule, λ, p), the paired deltas with intervals."
+    s, B = res['settings'], res['base']
+    txt = (f"# Toy InfinityStar: VPG settings vs unguided (exploration on other prompts than the headline's)\n\n"
+           f"{s['n_clips']} clips per setting: toy VBench prompts of prompt seed {s['prompt_seed']} (the headline uses "
+           f"{s['headline_prompt_seed']}), {s['n_per_dimension']} per suite x {s['n_per_prompt']} clips x seeds {s['seeds']}, common "
+           f"random numbers; CFG {s['cfg']}, tau {s['tau_image']} / {s['tau_video']}; VPG {s['vpg_variant']}, {s['vpg_redraw']}; "
+           f"'semantic' = the semantic-head steps {s['semantic_steps']} only. Unguided: Quality {_f(B['quality_score'], '{:.2f}')}, "
+           f"Semantic {_f(B['semantic_score'], '{:.2f}')}, Total {_f(B['total_score'], '{:.2f}')}. Δ = setting − unguided with a "
+           f"paired-bootstrap 95% interval; **bold** = the interval excludes 0 (with {3 * len(res['grid'])} intervals, some will by chance).\n\n"
+           "| schedule | λ | p | Δ Quality | Δ Semantic | Δ Total |\n|---|---|---|---|---|---|\n")
+    def cell(r):
+        c = _ci(r, '{:+.2f}')
+        return f"**{c}**" if _verdict(r) in ('better', 'worse') else c
+    for g in res['grid']:
+        txt += f"| {g['schedule']} | {g['vpg_lambda']} | {g['vpg_p']} | " + ' | '.join(cell(g[k]) for k in ('quality_score', 'semantic_score', 'total_score')) + ' |\n'
+    return txt + f"\nStage time: {res['seconds']} s.\n"
+
 # %% ../../nbs/95_headline_video.ipynb #d434cc8c
 def headline_video_sample_cmd(variant: Annotated[str, typer.Option(help=f"one of {', '.join(VARIANTS)}")],
                               params: ParamsFile = Path('params.yaml')):
@@ -264,3 +336,8 @@ def headline_video_compare_cmd(params: ParamsFile = Path('params.yaml')):
     "Toy VBench of the three variants, paired differences, latency table (metrics/headline/video.json, reports/headline/video.md)."
     torch.set_num_threads(1)     # small matmuls: a 2nd thread gains little, and on a busy machine it makes the latencies erratic
     stage_headline_video_compare(load_config(params))
+
+def headline_video_sweep_cmd(params: ParamsFile = Path('params.yaml')):
+    "VPG λ × p × schedule vs unguided on other prompts than the headline's (metrics/headline/video_sweep.json, reports/headline/video_sweep.md)."
+    torch.set_num_threads(1)
+    stage_headline_video_sweep(load_config(params))

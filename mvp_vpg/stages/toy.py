@@ -119,6 +119,7 @@ def infinitystar_preview_cmd(infinitystar: Annotated[Path, _opt('toy InfinitySta
                              clip: Annotated[Path, _opt('toy CLIP folder')] = Path('data/toy/clip'),
                              out: Annotated[Path, _opt('frames PNG (one row per caption)')] = Path('data/toy/infinitystar_samples.png'),
                              n: Annotated[int, _opt('captions (test-split clips)')] = 8, cfg: Annotated[float, _opt('CFG (>= 1)')] = 3.0,
+                             tau_video: Annotated[float, _opt('temperature of the video clip (official 0.4)')] = 0.4,
                              seed: Annotated[int, _opt('sampling seed')] = 0, threads: Threads = None):
     "Frames of toy InfinityStar samples, one row per caption of the moving-Shapes test split (captions printed in order)."
     from mvp_vpg.toy.video_train import load_toy_infinitystar, load_toy_video_tokenizer, ToyTextEncoder
@@ -127,5 +128,5 @@ def infinitystar_preview_cmd(infinitystar: Annotated[Path, _opt('toy InfinitySta
     _threads(threads)
     m, tok = load_toy_infinitystar(infinitystar), load_toy_video_tokenizer(tokenizer)
     caps = clip_split('test', n)[2]
-    path, _ = preview_toy_video(m, tok, ToyTextEncoder(clip, m.cfg.text_channels), caps, out, cfg, seed)
+    path, _ = preview_toy_video(m, tok, ToyTextEncoder(clip, m.cfg.text_channels), caps, out, cfg, seed, tau_video=tau_video)
     return {'frames': str(path), 'captions': caps}

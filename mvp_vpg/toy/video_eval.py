@@ -24,8 +24,8 @@ from .video_train import ToyVideoTokenizer
 __all__ = ['toy_video_backbone', 'to_uint8_video', 'sample_toy_video', 'toy_video_sampler', 'frames_grid', 'preview_toy_video']
 
 # %% ../../nbs/11e_toy_video_eval.ipynb #b0a75574
-def toy_video_backbone(model: InfinityStar, tok: ToyVideoTokenizer, tau_image: float = 1.0, tau_video: float = 1.0) -> InfinityStarBackbone:
-    "`InfinityStarBackbone` of the toy model on the tokenizer's schedule (frame 0 kept as decoded)."
+def toy_video_backbone(model: InfinityStar, tok: ToyVideoTokenizer, tau_image: float = 1.0, tau_video: float = 0.4) -> InfinityStarBackbone:
+    "`InfinityStarBackbone` of the toy model on the tokenizer's schedule (frame 0 kept as decoded); tau defaults: the official 1.0 / 0.4."
     c = model.cfg
     if (c.vae_channels, c.detail_bits) != (tok.d, tok.d) or c.semantic_bits not in {s.bits for s in tok.steps}:
         raise ValueError(f"the toy InfinityStar (vae_channels {c.vae_channels}, bits {c.semantic_bits}/{c.detail_bits}) does not fit "
@@ -41,7 +41,7 @@ def to_uint8_video(video: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def sample_toy_video(model: InfinityStar, tok: ToyVideoTokenizer, text: TextCond, guidance=None, seed: int | None = None,
-                     tau_image: float = 1.0, tau_video: float = 1.0, mode: str = 'reference') -> np.ndarray:
+                     tau_image: float = 1.0, tau_video: float = 0.4, mode: str = 'reference') -> np.ndarray:
     "One clip per text row: uint8 (B, T, H, W, 3). `guidance`: a `Guidance` (default: CFG 3 as `star_guidance('cfg', 3)`)."
     bb = toy_video_backbone(model, tok, tau_image, tau_video)
     dev = model.device
@@ -53,7 +53,7 @@ def sample_toy_video(model: InfinityStar, tok: ToyVideoTokenizer, text: TextCond
                                  check_finite=mode == 'reference')
     return to_uint8_video(video)
 
-def toy_video_sampler(model, tok, encode, guidance=None, tau_image: float = 1.0, tau_video: float = 1.0, mode: str = 'reference'):
+def toy_video_sampler(model, tok, encode, guidance=None, tau_image: float = 1.0, tau_video: float = 0.4, mode: str = 'reference'):
     "`sampler(texts, seed) -> uint8 (n, T, H, W, 3)` (the `generate`-style sampler of the toy InfinityStar)."
     def draw(texts, seed): return sample_toy_video(model, tok, encode(list(texts)), guidance, seed, tau_image, tau_video, mode)
     return draw
@@ -66,7 +66,7 @@ def frames_grid(videos_u8, path, scale: int = 2) -> Path:
     return save_grid(F.interpolate(v.flatten(0, 1), scale_factor=scale, mode='nearest'), path, nrow=T)
 
 def preview_toy_video(model, tok, encode, captions: list, path, cfg: float = 3.0, seed: int = 0, tau_image: float = 1.0,
-                      tau_video: float = 1.0) -> tuple:
+                      tau_video: float = 0.4) -> tuple:
     "The frames figure of `captions` (one sampled clip each, CFG `cfg`); returns (path, clips uint8)."
     clips = sample_toy_video(model, tok, encode(list(captions)), star_guidance('cfg', cfg), seed, tau_image, tau_video)
     return frames_grid(clips, path), clips
