@@ -30,7 +30,7 @@ from .t2i import semantic_steps
 
 # %% auto #0
 __all__ = ['VARIANTS', 'HEADLINE_VIDEO_DEFAULTS', 'SWEEP_DEFAULTS', 'SWEEP_SCHEDULES', 'ROOT', 'LABELS', 'headline_video_section',
-           'headline_video_sweep_section', 'headline_video_guidance', 'headline_video_prompts',
+           'headline_video_sweep_section', 'video_vpg', 'headline_video_guidance', 'headline_video_prompts', 'toy_root',
            'load_headline_video_models', 'sample_clips', 'stage_headline_video_sample', 'latency_table',
            'stage_headline_video_compare', 'headline_video_markdown', 'stage_headline_video_sweep',
            'headline_video_sweep_markdown', 'headline_video_sample_cmd', 'headline_video_compare_cmd',
@@ -86,22 +86,29 @@ def headline_video_sweep_section(params: dict) -> dict:
     return sw
 
 # %% ../../nbs/95_headline_video.ipynb #8bc8a809
+def video_vpg(base, spec: dict, schedule: str, steps) -> VPG:
+    "VPG of `spec` (vpg_lambda, vpg_p, vpg_variant, vpg_redraw) over `base`, on every step ('all') or the semantic-head steps ('semantic')."
+    return VPG(spec['vpg_lambda'], spec['vpg_p'], spec['vpg_variant'], spec['vpg_redraw'],
+               'all' if schedule == 'all' else semantic_steps(steps), base=base)
+
 def headline_video_guidance(h: dict, variant: str, steps):
     "CFG (base), or VPG over it on every step (vpg_all) or on the semantic steps only (vpg_semantic)."
     if variant not in VARIANTS: raise ValueError(f"headline_video variant must be one of {VARIANTS}, got {variant!r}")
     base = star_guidance('cfg', h['cfg'])
     if variant == 'base': return base
-    v = h[variant]
-    sched = 'all' if variant == 'vpg_all' else semantic_steps(steps)
-    return VPG(v['vpg_lambda'], v['vpg_p'], v['vpg_variant'], v['vpg_redraw'], sched, base=base)
+    return video_vpg(base, h[variant], 'all' if variant == 'vpg_all' else 'semantic', steps)
 
 def headline_video_prompts(h: dict) -> list:
     "The toy VBench prompt items (every suite, `n_per_dimension` each)."
     return video_prompts(h['prompt_seed'], h['n_per_dimension'])
 
+def toy_root(params: dict) -> Path:
+    "The toy profile's checkpoints folder (default data/toy)."
+    return Path((params.get('profiles', {}).get('toy') or {}).get('checkpoints') or 'data/toy')
+
 def load_headline_video_models(params: dict, device='cpu') -> tuple:
     "(toy InfinityStar, toy video tokenizer, text encoder) of the toy profile: `<checkpoints>/infinitystar`, `video_tokenizer`, `clip`."
-    root = Path((params.get('profiles', {}).get('toy') or {}).get('checkpoints') or 'data/toy')
+    root = toy_root(params)
     for sub in ('infinitystar', 'video_tokenizer', 'clip'):
         if not (root / sub).is_dir(): raise FileNotFoundError(f"{root / sub} not found: train the toy InfinityStar first (dvc stages train_toy_video_tokenizer, train_toy_infinitystar)")
     from mvp_vpg.toy.video_train import load_toy_infinitystar, load_toy_video_tokenizer, ToyTextEncoder
@@ -185,8 +192,7 @@ def stage_headline_video_compare(params: dict, root=ROOT, metrics='metrics/headl
     "Toy VBench of the three variants, paired differences, per-seed spread, latency table, report and frames figure."
     _toy_only(params)
     h = headline_video_section(params)
-    ck = Path((params.get('profiles', {}).get('toy') or {}).get('checkpoints') or 'data/toy')
-    scorer = load_scorer(ck / 'scorer')
+    scorer = load_scorer(toy_root(params) / 'scorer')
     items = headline_video_prompts(h)
     n, S = h['n_per_prompt'], len(h['seeds'])
     rows = [it for _ in h['seeds'] for it in items for _ in range(n)]      # seed-major, then prompt-major as sampled
@@ -281,22 +287,20 @@ def stage_headline_video_sweep(params: dict, metrics='metrics/headline/video_swe
     _toy_only(params)
     h, sw = headline_video_section(params), headline_video_sweep_section(params)
     model, tok, enc = models or load_headline_video_models(params)
-    ck = Path((params.get('profiles', {}).get('toy') or {}).get('checkpoints') or 'data/toy')
-    scorer = load_scorer(ck / 'scorer')
+    scorer = load_scorer(toy_root(params) / 'scorer')
     items = video_prompts(sw['prompt_seed'], h['n_per_dimension'])
     texts = prompt_conditions([it['prompt'] for it in items], h['n_per_prompt'])
     rows = [it for _ in h['seeds'] for it in items for _ in range(h['n_per_prompt'])]
-    base, v = star_guidance('cfg', h['cfg']), h['vpg_all']
+    base, v = star_guidance('cfg', h['cfg']), h['vpg_all']            # the sweep varies λ and p of the all-scale spec
     def score(g):
         sampler = toy_video_sampler(model, tok, enc, g, h['tau_image'], h['tau_video'])
         return toy_vbench(np.concatenate([sample_clips(sampler, texts, s, h['batch_size']) for s in h['seeds']]), rows, scorer)
     t0, b, grid = time.time(), score(base), []
     keys = ('quality_score', 'semantic_score', 'total_score')
     for sched in sw['schedules']:
-        steps = 'all' if sched == 'all' else semantic_steps(tok.steps)
         for lam in sw['lams']:
             for p in sw['ps']:
-                pr = paired_vbench(b, score(VPG(lam, p, v['vpg_variant'], v['vpg_redraw'], steps, base=base)))
+                pr = paired_vbench(b, score(video_vpg(base, {**v, 'vpg_lambda': lam, 'vpg_p': p}, sched, tok.steps)))
                 grid.append({'schedule': sched, 'vpg_lambda': lam, 'vpg_p': p, **{k: pr[k] for k in keys}})
     res = _nan_to_none({'base': {k: b[k] for k in keys}, 'grid': grid, 'seconds': round(time.time() - t0, 1),
                         'settings': {**sw, **{k: h[k] for k in ('n_per_dimension', 'n_per_prompt', 'seeds', 'cfg', 'tau_image', 'tau_video')},
